@@ -1,0 +1,533 @@
+"""The dispatch loop: lazy task creation, bounded memory, ordered or streaming results.
+
+Items are pulled from the source only when there is capacity to start them: a limiter
+permit (concurrency slot + rate) is acquired *before* the task is created, so a
+million-item generator costs memory in proportion to the calls in flight, not to the
+items. One task runs per started item and owns its retries; results flow to the
+consumer through a deque, and a consumed result frees room for the next item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sys
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sized
+from typing import Any, Generic, TypedDict, TypeVar, cast
+
+from typing_extensions import Unpack
+
+from surge._exceptions import (
+    DeadlineExceeded,
+    FatalError,
+    RateLimitError,
+    RetryableError,
+)
+from surge._feedback import (
+    RateLimitHints,
+    Reply,
+    extract_headers,
+    extract_usage,
+    parse_rate_limit_headers,
+)
+from surge._limits import Limiter, Permit
+from surge._results import Event, Result, Results, RunStatistics, Usage
+from surge._retry import RetryPolicy, Wait, classify, full_jitter
+
+T = TypeVar("T")
+logger = logging.getLogger("surge")
+
+Call = Callable[[Any], Awaitable[Any]]
+
+# How many items a run may hold (in flight, retrying, or finished but not yet consumed)
+# per concurrency slot. Above 1 so an item waiting out a backoff does not idle a slot.
+_WINDOW_PER_SLOT = 2
+# Without any cap, the dispatcher yields to the loop this often so calls can finish
+# (and free their memory) while a fast source is drained.
+_YIELD_EVERY = 64
+
+class RunOptions(TypedDict, total=False):
+    """Keyword options shared by `gather`, `as_completed` and `map`."""
+
+    concurrency: int | None
+    rpm: float | None
+    tpm: float | None
+    limiter: Limiter | None
+    tokens: Callable[[Any], float] | None
+    max_retries: int
+    backoff: Wait
+    retry: RetryPolicy | None
+    timeout: float | None
+    deadline: float | None
+    max_failures: int | None
+    token_budget: float | None
+    stop_when: Callable[[Result[Any]], bool] | None
+    on_event: Callable[[Event], None] | None
+    seed: int | None
+
+
+_KNOWN_OPTIONS = frozenset(RunOptions.__annotations__)
+
+
+class Run(Generic[T]):
+    """One pass of a call over many items. `as_completed` returns it.
+
+    Iterate it to receive each Result as it finishes::
+
+        async for result in surge.as_completed(call, prompts, concurrency=20):
+            print(result.index, result.value)
+
+    `statistics()` gives a live snapshot; `stop()` stops dispatching new items (those
+    not yet started come back as "not_started" results).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
+        items: Iterable[Any] | AsyncIterable[Any],
+        **options: Unpack[RunOptions],
+    ) -> None:
+        unknown = set(options) - _KNOWN_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {sorted(unknown)}. HINT: the options are "
+                f"{', '.join(sorted(_KNOWN_OPTIONS))}."
+            )
+        if not callable(fn):
+            raise TypeError(
+                f"fn must be callable, got {type(fn).__name__}. HINT: pass the function "
+                "itself (surge.gather(call, items)), not call(...)."
+            )
+        if not isinstance(items, (Iterable, AsyncIterable)):
+            raise TypeError(f"items must be an iterable or async iterable, got {type(items).__name__}")
+        self._fn = fn
+        self._items = items
+        self.total: int | None = len(items) if isinstance(items, Sized) else None
+        limiter = options.get("limiter")
+        if limiter is not None:
+            clashing = [k for k in ("concurrency", "rpm", "tpm") if options.get(k) is not None]
+            if clashing:
+                raise ValueError(
+                    f"pass either limiter= or {'/'.join(clashing)}=, not both. HINT: set "
+                    "the limits on the shared Limiter: surge.Limiter(concurrency=..., rpm=...)."
+                )
+            self._limiter = limiter
+        else:
+            self._limiter = Limiter(
+                concurrency=options.get("concurrency"),
+                rpm=options.get("rpm"),
+                tpm=options.get("tpm"),
+            )
+        self._tokens = options.get("tokens")
+        retry = options.get("retry")
+        if retry is None:
+            retry = RetryPolicy(
+                max_retries=options.get("max_retries", 5),
+                wait=options.get("backoff", full_jitter()),
+            )
+        elif "max_retries" in options or "backoff" in options:
+            raise ValueError("pass either retry= or max_retries=/backoff=, not both")
+        self._retry = retry
+        self._timeout = _positive_or_none("timeout", options.get("timeout"))
+        self._deadline = _positive_or_none("deadline", options.get("deadline"))
+        self._max_failures = options.get("max_failures")
+        if self._max_failures is not None and self._max_failures < 1:
+            raise ValueError("max_failures must be >= 1 or None")
+        self._token_budget = _positive_or_none("token_budget", options.get("token_budget"))
+        self._stop_when = options.get("stop_when")
+        self._on_event = options.get("on_event")
+        self._rng = random.Random(options.get("seed"))
+        ceiling = self._limiter._concurrency
+        self._window = None if ceiling is None else ceiling * _WINDOW_PER_SLOT
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._consumed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._dispatch_finished = False
+        self._ready: deque[Result[T]] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._window_waiter: asyncio.Future[None] | None = None
+        self._live = 0
+        self._leftover: tuple[int, Any] | None = None
+        self._source: AsyncIterator[tuple[int, Any]] | None = None
+        self._stop_reason: str | None = None
+        self._closing = False
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._reserved = 0.0
+        # statistics
+        self._started_at = 0.0
+        self._ended_at: float | None = None
+        self._started = self._succeeded = self._failed = self._cancelled = 0
+        self._not_started = self._attempts = self._retries = self._rate_limited = 0
+        self._usage = Usage()
+
+    # -- public ----------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Result[T]]:
+        if self._consumed:
+            raise RuntimeError("a Run can be iterated once; call as_completed() again")
+        self._consumed = True
+        return self._results()
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop dispatching: items in flight finish; the rest come back not_started."""
+        if self._stop_reason is not None:
+            return
+        self._stop_reason = reason
+        if self._dispatcher is not None and self._dispatcher is not asyncio.current_task():
+            self._dispatcher.cancel()
+
+    @property
+    def limiter(self) -> Limiter:
+        return self._limiter
+
+    def statistics(self) -> RunStatistics:
+        now = self._loop.time() if self._loop is not None else 0.0
+        end = self._ended_at if self._ended_at is not None else now
+        finished = self._succeeded + self._failed + self._cancelled
+        return RunStatistics(
+            started=self._started,
+            succeeded=self._succeeded,
+            failed=self._failed,
+            cancelled=self._cancelled,
+            not_started=self._not_started,
+            in_flight=self._started - finished,
+            attempts=self._attempts,
+            retries=self._retries,
+            rate_limited=self._rate_limited,
+            input_tokens=self._usage.input_tokens,
+            output_tokens=self._usage.output_tokens,
+            elapsed=max(0.0, end - self._started_at) if self._loop is not None else 0.0,
+            stopped=self._stop_reason,
+        )
+
+    # -- consumer side ---------------------------------------------------------------
+
+    async def _results(self) -> AsyncIterator[Result[T]]:
+        loop = self._loop = asyncio.get_running_loop()
+        self._started_at = loop.time()
+        self._source = _enumerate(self._items)
+        self._dispatcher = loop.create_task(self._dispatch())
+        if self._deadline is not None:
+            self._deadline_timer = loop.call_later(self._deadline, self._on_deadline)
+        try:
+            while True:
+                while self._ready:
+                    result = self._ready.popleft()
+                    self._free_window_place()
+                    yield result
+                if self._dispatch_finished and not self._tasks:
+                    break
+                self._wakeup = loop.create_future()
+                await self._wakeup
+            # Whatever dispatch left behind was never sent; say so, one item at a time,
+            # so a consumer that breaks out does not drain an endless source.
+            async for index, item in self._leftovers():
+                self._not_started += 1
+                yield Result(index=index, item=item, status="not_started")
+        finally:
+            self._ended_at = loop.time()
+            await self._shutdown()
+
+    async def _leftovers(self) -> AsyncIterator[tuple[int, Any]]:
+        if self._leftover is not None:
+            yield self._leftover
+            self._leftover = None
+        if self._source is not None and self._stop_reason is not None:
+            async for pair in self._source:
+                yield pair
+
+    def _notify(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _free_window_place(self) -> None:
+        self._live -= 1
+        if self._window_waiter is not None and not self._window_waiter.done():
+            self._window_waiter.set_result(None)
+
+    async def _shutdown(self) -> None:
+        """Cancel whatever still runs and wait for it, so no task outlives the run."""
+        self._closing = True
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        pending = [t for t in (self._dispatcher, *self._tasks) if t is not None and not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._source is not None and hasattr(self._source, "aclose"):
+            await self._source.aclose()
+
+    # -- dispatch side ---------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        assert self._source is not None and self._loop is not None
+        loop = self._loop
+        pending: tuple[int, Any] | None = None
+        since_yield = 0
+        try:
+            async for pending in self._source:
+                if self._window is not None:
+                    while self._live >= self._window:
+                        self._window_waiter = loop.create_future()
+                        await self._window_waiter
+                index, item = pending
+                estimate = float(self._tokens(item)) if self._tokens is not None else 0.0
+                if self._token_budget is not None and (
+                    self._usage.total_tokens + self._reserved + estimate > self._token_budget
+                ):
+                    self.stop("token_budget")
+                if self._stop_reason is not None:
+                    break
+                permit = await self._limiter.acquire(estimate)
+                self._live += 1
+                self._reserved += estimate
+                task = loop.create_task(self._run_item(index, item, permit, estimate))
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+                pending = None
+                if self._stop_reason is not None:
+                    break
+                since_yield += 1
+                if self._window is None and since_yield >= _YIELD_EVERY:
+                    since_yield = 0
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            if self._closing or self._stop_reason is None:
+                raise
+        finally:
+            self._leftover = pending
+            self._dispatch_finished = True
+            self._notify()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._notify()
+
+    def _on_deadline(self) -> None:
+        self.stop("deadline")
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _run_item(self, index: int, item: Any, permit: Permit, estimate: float) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        first_start = loop.time()
+        self._started += 1
+        self._emit(Event("start", index, first_start, attempt=1))
+        attempt = 0
+        error: BaseException | None = None
+        latency: float | None = None
+        try:
+            while True:
+                attempt += 1
+                self._attempts += 1
+                attempt_start = loop.time()
+                try:
+                    raw = await self._attempt(item)
+                except asyncio.CancelledError:
+                    self._limiter.release(permit, outcome="cancelled")
+                    raise
+                except Exception as exc:
+                    latency = loop.time() - attempt_start
+                    error = classify(exc)
+                    hints = error.hints if isinstance(error, RetryableError) else None
+                    rate_limited = isinstance(error, RateLimitError)
+                    if rate_limited:
+                        self._rate_limited += 1
+                    self._limiter.release(
+                        permit,
+                        outcome="rate_limited" if rate_limited else "error",
+                        latency=latency,
+                        hints=hints,
+                    )
+                    if isinstance(error, FatalError) or attempt > self._retry.max_retries:
+                        self._finish(index, item, "failed", None, error, attempt, None, latency, first_start)
+                        return
+                    delay = self._retry.delay(attempt, error, self._rng)
+                    self._retries += 1
+                    self._emit(Event("retry", index, loop.time(), attempt, error=error, delay=delay))
+                    await asyncio.sleep(delay)
+                    permit = await self._limiter.acquire(estimate)
+                    continue
+                latency = loop.time() - attempt_start
+                value, usage, hints = _unpack(raw)
+                self._limiter.release(
+                    permit,
+                    outcome="ok",
+                    usage_tokens=usage.total_tokens if usage is not None else estimate,
+                    latency=latency,
+                    hints=hints,
+                )
+                self._finish(index, item, "ok", value, None, attempt, usage, latency, first_start)
+                return
+        except asyncio.CancelledError:
+            if self._closing or self._stop_reason != "deadline":
+                raise
+            self._finish(
+                index, item, "cancelled", None, DeadlineExceeded(f"deadline of {self._deadline}s passed"),
+                attempt, None, latency, first_start,
+            )
+        finally:
+            self._reserved -= estimate
+
+    async def _attempt(self, item: Any) -> Any:
+        if self._timeout is None:
+            return await self._call_once(item)
+        if sys.version_info >= (3, 11):
+            async with asyncio.timeout(self._timeout):
+                return await self._call_once(item)
+        return await asyncio.wait_for(self._call_once(item), self._timeout)  # pragma: no cover
+
+    async def _call_once(self, item: Any) -> Any:
+        # A sync function's value is taken as is; an awaitable (coroutine functions, and
+        # lambdas that return a coroutine) is awaited.
+        outcome = self._fn(item)
+        return await outcome if isinstance(outcome, Awaitable) else outcome
+
+    def _finish(
+        self,
+        index: int,
+        item: Any,
+        status: Any,
+        value: Any,
+        error: BaseException | None,
+        attempts: int,
+        usage: Usage | None,
+        latency: float | None,
+        started_at: float,
+    ) -> None:
+        assert self._loop is not None
+        result: Result[T] = Result(
+            index=index,
+            item=item,
+            status=status,
+            value=cast("T | None", value),
+            error=error,
+            attempts=attempts,
+            usage=usage,
+            latency=latency,
+            started_at=started_at,
+            finished_at=self._loop.time(),
+        )
+        if status == "ok":
+            self._succeeded += 1
+        elif status == "failed":
+            self._failed += 1
+        else:
+            self._cancelled += 1
+        if usage is not None:
+            self._usage = self._usage + usage
+        self._ready.append(result)
+        self._notify()
+        self._emit(Event("done", index, result.finished_at or 0.0, attempts, error=error, result=result))
+        if self._max_failures is not None and self._failed >= self._max_failures:
+            self.stop("max_failures")
+        elif self._stop_when is not None and self._stop_when(result):
+            self.stop("stop_when")
+
+    def _emit(self, event: Event) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:  # a broken progress bar must not sink the batch
+            logger.exception("surge: on_event hook raised; continuing")
+
+
+def _unpack(raw: Any) -> tuple[Any, Usage | None, RateLimitHints | None]:
+    """Separate a call's value from the feedback it carries."""
+    if isinstance(raw, Reply):
+        usage = raw.usage if raw.usage is not None else extract_usage(raw.value)
+        headers = raw.headers if raw.headers is not None else extract_headers(raw.value)
+        value = raw.value
+    else:
+        usage = extract_usage(raw)
+        headers = extract_headers(raw)
+        value = raw
+    hints = parse_rate_limit_headers(headers) if headers else None
+    return value, usage, hints
+
+
+async def _enumerate(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[tuple[int, Any]]:
+    index = 0
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield index, item
+            index += 1
+    else:
+        for item in items:
+            yield index, item
+            index += 1
+
+
+def _positive_or_none(name: str, value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+    return value
+
+
+def as_completed(
+    fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
+    items: Iterable[Any] | AsyncIterable[Any],
+    **options: Unpack[RunOptions],
+) -> Run[T]:
+    """Run `fn` over `items` concurrently and yield each Result as it finishes.
+
+    `items` may be a list, a generator or an async iterable of unknown length; no task
+    is created before there is capacity to start it.
+
+        async for r in surge.as_completed(summarize, docs, concurrency=20, rpm=500):
+            if r.ok:
+                print(r.index, r.value)
+    """
+    return Run(fn, items, **options)
+
+
+async def gather(
+    fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
+    items: Iterable[Any] | AsyncIterable[Any],
+    **options: Unpack[RunOptions],
+) -> Results[T]:
+    """Run `fn` over `items` concurrently; return one Result per item, in input order.
+
+    One item's failure never raises out of `gather`; call `.raise_for_failures()` on
+    the returned list to get `asyncio.gather`'s all-or-nothing behaviour.
+
+        results = await surge.gather(embed, texts, concurrency=50, rpm=3000)
+        vectors = results.raise_for_failures().values()
+    """
+    ordered: list[Result[T] | None] = []
+    async for result in Run(fn, items, **options):
+        if result.index >= len(ordered):
+            ordered.extend([None] * (result.index + 1 - len(ordered)))
+        ordered[result.index] = result
+    return Results(r for r in ordered if r is not None)
+
+
+def map(  # noqa: A001 - mirrors the builtin on purpose: surge.map is the sync form
+    fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
+    items: Iterable[Any] | AsyncIterable[Any],
+    **options: Unpack[RunOptions],
+) -> Results[T]:
+    """The synchronous form of `gather`, for scripts and notebooks.
+
+    From a plain script it runs its own event loop. Inside an already running loop (a
+    Jupyter cell) it runs on a fresh loop in a worker thread and blocks until done;
+    anything `fn` uses that is bound to a loop (an `httpx.AsyncClient`) must then be
+    created inside `fn`'s own loop, not the notebook's.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(gather(fn, items, **options))
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="surge-map") as pool:
+        return pool.submit(asyncio.run, gather(fn, items, **options)).result()
+

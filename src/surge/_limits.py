@@ -1,0 +1,432 @@
+"""Limits: a concurrency cap, weighted token buckets for RPM/TPM, and AIMD concurrency.
+
+One `Limiter` stands for one provider key. Share it between calls, clients and
+`gather`s in one event loop: the provider counts per key, not per call site.
+
+Token buckets are continuous (GCRA-like: https://en.wikipedia.org/wiki/Generic_cell_rate_algorithm):
+a level that refills at `rate` per second up to `capacity`. Waiters queue first-in,
+first-out and are woken by a single `loop.call_at` timer set for the exact moment the
+head of the queue can be served; nothing polls. Capacity is the burst: it starts at
+`burst` seconds of rate, a bound well inside the 1-10 s windows providers enforce their
+per-minute limits over, and follows the burst the server reports in its headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from surge._feedback import LimitHint, RateLimitHints
+
+Outcome = Literal["ok", "rate_limited", "error", "cancelled"]
+
+# Timers may fire a hair early (loop clock resolution) and float sums drift; a wait this
+# short counts as no wait, so a timer never re-arms itself in a tight loop.
+_EPSILON = 1e-9
+
+
+class TokenBucket:
+    """A weighted token bucket. Pure arithmetic on times passed in; it owns no timer."""
+
+    __slots__ = ("_level", "_updated", "capacity", "name", "rate")
+
+    def __init__(self, name: str, *, rate: float, capacity: float, now: float) -> None:
+        if rate <= 0:
+            raise ValueError(f"{name}: rate must be > 0, got {rate}")
+        self.name = name
+        self.rate = rate
+        self.capacity = max(1.0, capacity)
+        self._level = self.capacity
+        self._updated = now
+
+    def level(self, now: float) -> float:
+        elapsed = max(0.0, now - self._updated)
+        return min(self.capacity, self._level + elapsed * self.rate)
+
+    def delay(self, amount: float, now: float) -> float:
+        """Seconds until `amount` can be taken. Amounts above capacity wait for a full
+        bucket and then drive the level negative, so the long-run rate still holds."""
+        missing = min(amount, self.capacity) - self.level(now)
+        return 0.0 if missing <= _EPSILON else missing / self.rate
+
+    def take(self, amount: float, now: float) -> None:
+        self._level = self.level(now) - amount
+        self._updated = now
+
+    def give(self, amount: float, now: float) -> None:
+        """Return (or, if negative, charge) tokens: settling an estimate against real usage."""
+        self._level = min(self.capacity, self.level(now) + amount)
+        self._updated = now
+
+    def set_level(self, level: float, now: float) -> None:
+        self._level = min(self.capacity, level)
+        self._updated = now
+
+
+@dataclass(frozen=True, slots=True)
+class BucketStatistics:
+    name: str
+    rate_per_minute: float
+    capacity: float
+    level: float
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterStatistics:
+    concurrency_limit: int | None
+    """Current cap on calls in flight (moves under adaptive concurrency)."""
+    in_flight: int
+    waiting: int
+    """Acquisitions queued for a slot or for rate."""
+    granted: int
+    rate_limited: int
+    """429s reported back to this limiter."""
+    paused_for: float
+    """Seconds left of a provider-ordered pause (Retry-After)."""
+    buckets: tuple[BucketStatistics, ...]
+
+
+@dataclass(slots=True)
+class Permit:
+    """Permission for one attempt: a concurrency slot plus reserved tokens."""
+
+    tokens: float
+    granted_at: float
+    released: bool = False
+
+
+class _Aimd:
+    """Additive-increase / multiplicative-decrease on the concurrency cap, as TCP does on
+    its congestion window (RFC 5681): slow start doubles per round trip until the first
+    sign of congestion, then +1 per round trip; a 429 halves the cap, latency above
+    `latency_tolerance` times the best seen cuts it by 10 %. At most one cut per round
+    trip: results of calls started before the last cut carry no news."""
+
+    def __init__(self, *, initial: float, ceiling: float, floor: float = 1.0) -> None:
+        self.limit = initial
+        self.ceiling = ceiling
+        self.floor = floor
+        self.slow_start = True
+        self.latency_tolerance = 2.0
+        self._best_latency = math.inf
+        self._last_cut = -math.inf
+
+    def on_result(self, outcome: Outcome, latency: float | None, started: float, now: float) -> None:
+        if outcome == "cancelled":
+            return
+        if latency is not None and outcome == "ok":
+            self._best_latency = min(self._best_latency, latency)
+        congested = outcome == "rate_limited" or (
+            latency is not None
+            and outcome == "ok"
+            and latency > self.latency_tolerance * self._best_latency
+        )
+        if congested:
+            if started >= self._last_cut:
+                factor = 0.5 if outcome == "rate_limited" else 0.9
+                self.limit = max(self.floor, self.limit * factor)
+                self.slow_start = False
+                self._last_cut = now
+        elif outcome == "ok":
+            step = 1.0 if self.slow_start else 1.0 / self.limit
+            self.limit = min(self.ceiling, self.limit + step)
+
+
+class Limiter:
+    """Concurrency cap + RPM bucket + TPM bucket for one provider key.
+
+    >>> limiter = surge.Limiter(concurrency=50, rpm=500, tpm=200_000)
+    >>> await surge.gather(call, prompts, limiter=limiter, tokens=estimate)
+
+    - `concurrency`: most calls in flight at once (the ceiling, when `adaptive=True`).
+    - `rpm`, `tpm`: per-minute limits. Without them, the limiter adopts whatever the
+      provider publishes in `x-ratelimit-*` headers.
+    - `burst`: seconds of rate the buckets may spend at once before the server has
+      said how much it allows.
+    - `max_burst`: seconds of rate the buckets may grow to when the server reports a
+      larger burst; None trusts the server.
+    - `adaptive`: grow and shrink the concurrency cap (AIMD) from 429s and latency, for
+      endpoints that publish no limits, such as a self-hosted vLLM server.
+    - `follow_headers`: keep the buckets in step with the server's own count.
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrency: int | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        burst: float = 1.0,
+        max_burst: float | None = None,
+        adaptive: bool = False,
+        follow_headers: bool = True,
+    ) -> None:
+        _check_positive("concurrency", concurrency)
+        _check_positive("rpm", rpm)
+        _check_positive("tpm", tpm)
+        _check_positive("burst", burst)
+        _check_positive("max_burst", max_burst)
+        if adaptive and concurrency is None:
+            raise ValueError(
+                "adaptive=True needs a ceiling. HINT: pass concurrency=N, the most calls "
+                "in flight you would ever allow; the limiter finds the best cap below it."
+            )
+        self._user_rate = {"requests": rpm, "tokens": tpm}
+        self._burst = burst
+        self._max_burst = max_burst
+        self._follow_headers = follow_headers
+        self._aimd = (
+            _Aimd(initial=min(float(concurrency), 4.0), ceiling=float(concurrency))
+            if adaptive and concurrency is not None
+            else None
+        )
+        self._concurrency = concurrency
+        self._in_flight = 0
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._rate_waiters: deque[tuple[float, asyncio.Future[float]]] = deque()
+        self._buckets: dict[str, TokenBucket] = {}
+        self._paused_until = -math.inf
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._granted = 0
+        self._rate_limited = 0
+
+    # -- acquiring -------------------------------------------------------------------
+
+    async def acquire(self, tokens: float = 0) -> Permit:
+        """Wait for a concurrency slot, then for rate; return the permit to `release`."""
+        loop = self._bind()
+        await self._acquire_slot(loop)
+        try:
+            await self._acquire_rate(loop, tokens)
+        except BaseException:
+            self._release_slot()
+            raise
+        self._granted += 1
+        return Permit(tokens=tokens, granted_at=loop.time())
+
+    def release(
+        self,
+        permit: Permit,
+        *,
+        outcome: Outcome = "ok",
+        usage_tokens: float | None = None,
+        latency: float | None = None,
+        hints: RateLimitHints | None = None,
+    ) -> None:
+        """Hand the slot back and settle: refund or charge the difference between the
+        reserved tokens and what the call really used (all of it if it failed before the
+        provider counted anything), then learn from the provider's headers."""
+        if permit.released:
+            return
+        permit.released = True
+        now = self._now()
+        bucket = self._buckets.get("tokens")
+        if bucket is not None:
+            bucket.give(permit.tokens - (usage_tokens or 0.0), now)
+        if outcome == "rate_limited":
+            self._rate_limited += 1
+        if self._aimd is not None:
+            self._aimd.on_result(outcome, latency, permit.granted_at, now)
+        if hints:
+            self.observe(hints)
+        self._release_slot()
+        self._schedule()
+
+    def pause(self, seconds: float) -> None:
+        """Grant nothing for `seconds`: the provider's Retry-After applies to the key."""
+        if seconds <= 0:
+            return
+        self._paused_until = max(self._paused_until, self._now() + seconds)
+        self._schedule()
+
+    def observe(self, hints: RateLimitHints) -> None:
+        """Keep the buckets in step with the server's own count (x-ratelimit-* headers).
+
+        Down when the server has less room than we thought; up to the burst it says it
+        allows, never above a rate or burst ceiling the user set.
+        """
+        if hints.retry_after is not None:
+            self.pause(hints.retry_after)
+        if not self._follow_headers:
+            return
+        now = self._now()
+        for name, hint in _local_dimensions(hints.dimensions).items():
+            user_rate = self._user_rate[name]
+            bucket = self._buckets.get(name)
+            if hint.limit is not None and hint.limit > 0:
+                server_rate = hint.limit / 60.0
+                rate = server_rate if user_rate is None else min(user_rate / 60.0, server_rate)
+                if bucket is None:
+                    bucket = self._make_bucket(name, rate, now)
+                bucket.rate = rate
+            if bucket is None:
+                continue
+            server_burst = hint.server_burst()
+            if server_burst is not None:
+                ceiling = math.inf if self._max_burst is None else self._max_burst * bucket.rate
+                bucket.capacity = max(1.0, min(server_burst, ceiling))
+            if hint.remaining is not None:
+                bucket.set_level(hint.remaining, now)
+        self._schedule()
+
+    # -- introspection ---------------------------------------------------------------
+
+    @property
+    def concurrency_limit(self) -> int | None:
+        if self._aimd is not None:
+            return max(1, int(self._aimd.limit))
+        return self._concurrency
+
+    def statistics(self) -> LimiterStatistics:
+        now = self._now()
+        return LimiterStatistics(
+            concurrency_limit=self.concurrency_limit,
+            in_flight=self._in_flight,
+            waiting=len(self._slot_waiters) + len(self._rate_waiters),
+            granted=self._granted,
+            rate_limited=self._rate_limited,
+            paused_for=max(0.0, self._paused_until - now),
+            buckets=tuple(
+                BucketStatistics(b.name, b.rate * 60.0, b.capacity, b.level(now))
+                for b in self._buckets.values()
+            ),
+        )
+
+    # -- internals -------------------------------------------------------------------
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            now = loop.time()
+            for name, per_minute in self._user_rate.items():
+                if per_minute is not None:
+                    self._make_bucket(name, per_minute / 60.0, now)
+        elif self._loop is not loop:
+            raise RuntimeError(
+                "This Limiter is already used by another event loop. HINT: a limiter "
+                "belongs to one event loop; create one per loop (surge.map from inside a "
+                "running loop runs on a loop of its own)."
+            )
+        return loop
+
+    def _now(self) -> float:
+        return self._bind().time()
+
+    def _make_bucket(self, name: str, rate: float, now: float) -> TokenBucket:
+        bucket = TokenBucket(name, rate=rate, capacity=rate * self._burst, now=now)
+        self._buckets[name] = bucket
+        return bucket
+
+    async def _acquire_slot(self, loop: asyncio.AbstractEventLoop) -> None:
+        limit = self.concurrency_limit
+        if limit is None or (self._in_flight < limit and not self._slot_waiters):
+            self._in_flight += 1
+            return
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # granted as we were cancelled: pass it on
+            else:
+                self._slot_waiters.remove(waiter)
+            raise
+
+    def _release_slot(self) -> None:
+        self._in_flight -= 1
+        limit = self.concurrency_limit
+        while self._slot_waiters and (limit is None or self._in_flight < limit):
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                self._in_flight += 1
+                waiter.set_result(None)
+
+    async def _acquire_rate(self, loop: asyncio.AbstractEventLoop, tokens: float) -> None:
+        if not self._rate_waiters and self._can_take(tokens, loop.time()) == 0.0:
+            self._take(tokens, loop.time())
+            return
+        waiter: asyncio.Future[float] = loop.create_future()
+        self._rate_waiters.append((tokens, waiter))
+        self._schedule()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._refund(tokens)
+            else:
+                self._rate_waiters = deque(w for w in self._rate_waiters if w[1] is not waiter)
+                self._schedule()
+            raise
+
+    def _can_take(self, tokens: float, now: float) -> float:
+        """Seconds until a request of `tokens` may start (0.0: now)."""
+        delay = self._paused_until - now
+        requests = self._buckets.get("requests")
+        if requests is not None:
+            delay = max(delay, requests.delay(1.0, now))
+        token_bucket = self._buckets.get("tokens")
+        if token_bucket is not None and tokens > 0:
+            delay = max(delay, token_bucket.delay(tokens, now))
+        return 0.0 if delay <= _EPSILON else delay
+
+    def _take(self, tokens: float, now: float) -> None:
+        requests = self._buckets.get("requests")
+        if requests is not None:
+            requests.take(1.0, now)
+        token_bucket = self._buckets.get("tokens")
+        if token_bucket is not None:
+            token_bucket.take(tokens, now)
+
+    def _refund(self, tokens: float) -> None:
+        now = self._now()
+        requests = self._buckets.get("requests")
+        if requests is not None:
+            requests.give(1.0, now)
+        token_bucket = self._buckets.get("tokens")
+        if token_bucket is not None:
+            token_bucket.give(tokens, now)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Serve the rate queue's head while it fits; else arm one timer for when it will."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._rate_waiters or self._loop is None:
+            return
+        now = self._loop.time()
+        while self._rate_waiters:
+            tokens, waiter = self._rate_waiters[0]
+            if waiter.done():
+                self._rate_waiters.popleft()
+                continue
+            delay = self._can_take(tokens, now)
+            if delay > 0.0:
+                self._timer = self._loop.call_at(now + delay, self._schedule)
+                return
+            self._rate_waiters.popleft()
+            self._take(tokens, now)
+            waiter.set_result(now)
+
+
+def _local_dimensions(dimensions: Mapping[str, LimitHint]) -> dict[str, LimitHint]:
+    """Map the provider's dimensions onto the two local buckets."""
+    out: dict[str, LimitHint] = {}
+    if "requests" in dimensions:
+        out["requests"] = dimensions["requests"]
+    tokens = dimensions.get("tokens", dimensions.get("input_tokens"))
+    if tokens is not None:
+        out["tokens"] = tokens
+    return out
+
+
+def _check_positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be a positive number or None, got {value!r}")
