@@ -48,6 +48,7 @@ _WINDOW_PER_SLOT = 2
 # (and free their memory) while a fast source is drained.
 _YIELD_EVERY = 64
 
+
 class RunOptions(TypedDict, total=False):
     """Keyword options shared by `gather`, `as_completed` and `map`."""
 
@@ -101,7 +102,9 @@ class Run(Generic[T]):
                 "itself (surge.gather(call, items)), not call(...)."
             )
         if not isinstance(items, (Iterable, AsyncIterable)):
-            raise TypeError(f"items must be an iterable or async iterable, got {type(items).__name__}")
+            raise TypeError(
+                f"items must be an iterable or async iterable, got {type(items).__name__}"
+            )
         self._fn = fn
         self._items = items
         self.total: int | None = len(items) if isinstance(items, Sized) else None
@@ -336,7 +339,9 @@ class Run(Generic[T]):
                 except Exception as exc:
                     latency = loop.time() - attempt_start
                     error = classify(exc)
-                    hints = error.hints if isinstance(error, RetryableError) else None
+                    hints = None
+                    if isinstance(error, RetryableError):
+                        hints = error.hints or RateLimitHints(retry_after=error.retry_after)
                     rate_limited = isinstance(error, RateLimitError)
                     if rate_limited:
                         self._rate_limited += 1
@@ -347,11 +352,15 @@ class Run(Generic[T]):
                         hints=hints,
                     )
                     if isinstance(error, FatalError) or attempt > self._retry.max_retries:
-                        self._finish(index, item, "failed", None, error, attempt, None, latency, first_start)
+                        self._finish(
+                            index, item, "failed", None, error, attempt, None, latency, first_start
+                        )
                         return
                     delay = self._retry.delay(attempt, error, self._rng)
                     self._retries += 1
-                    self._emit(Event("retry", index, loop.time(), attempt, error=error, delay=delay))
+                    self._emit(
+                        Event("retry", index, loop.time(), attempt, error=error, delay=delay)
+                    )
                     await asyncio.sleep(delay)
                     permit = await self._limiter.acquire(estimate)
                     continue
@@ -370,8 +379,15 @@ class Run(Generic[T]):
             if self._closing or self._stop_reason != "deadline":
                 raise
             self._finish(
-                index, item, "cancelled", None, DeadlineExceeded(f"deadline of {self._deadline}s passed"),
-                attempt, None, latency, first_start,
+                index,
+                item,
+                "cancelled",
+                None,
+                DeadlineExceeded(f"deadline of {self._deadline}s passed"),
+                attempt,
+                None,
+                latency,
+                first_start,
             )
         finally:
             self._reserved -= estimate
@@ -425,7 +441,9 @@ class Run(Generic[T]):
             self._usage = self._usage + usage
         self._ready.append(result)
         self._notify()
-        self._emit(Event("done", index, result.finished_at or 0.0, attempts, error=error, result=result))
+        self._emit(
+            Event("done", index, result.finished_at or 0.0, attempts, error=error, result=result)
+        )
         if self._max_failures is not None and self._failed >= self._max_failures:
             self.stop("max_failures")
         elif self._stop_when is not None and self._stop_when(result):
@@ -510,7 +528,7 @@ async def gather(
     return Results(r for r in ordered if r is not None)
 
 
-def map(  # noqa: A001 - mirrors the builtin on purpose: surge.map is the sync form
+def map(
     fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
     items: Iterable[Any] | AsyncIterable[Any],
     **options: Unpack[RunOptions],
@@ -530,4 +548,3 @@ def map(  # noqa: A001 - mirrors the builtin on purpose: surge.map is the sync f
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="surge-map") as pool:
         return pool.submit(asyncio.run, gather(fn, items, **options)).result()
-

@@ -59,10 +59,10 @@ class RateLimitHints:
 class Reply(Generic[T]):
     """Return this from a call to hand the engine usage and headers explicitly::
 
-        async def call(prompt):
-            raw = await client.chat.completions.with_raw_response.create(...)
-            completion = raw.parse()
-            return surge.Reply(completion, headers=raw.headers)
+    async def call(prompt):
+        raw = await client.chat.completions.with_raw_response.create(...)
+        completion = raw.parse()
+        return surge.Reply(completion, headers=raw.headers)
     """
 
     value: T

@@ -115,7 +115,9 @@ class _Aimd:
         self._best_latency = math.inf
         self._last_cut = -math.inf
 
-    def on_result(self, outcome: Outcome, latency: float | None, started: float, now: float) -> None:
+    def on_result(
+        self, outcome: Outcome, latency: float | None, started: float, now: float
+    ) -> None:
         if outcome == "cancelled":
             return
         if latency is not None and outcome == "ok":
@@ -283,7 +285,8 @@ class Limiter:
         return self._concurrency
 
     def statistics(self) -> LimiterStatistics:
-        now = self._now()
+        # Readable from anywhere, even after the loop has finished.
+        now = self._loop.time() if self._loop is not None else 0.0
         return LimiterStatistics(
             concurrency_limit=self.concurrency_limit,
             in_flight=self._in_flight,
