@@ -10,6 +10,7 @@ consumer through a deque, and a consumed result frees room for the next item.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import sys
@@ -286,7 +287,9 @@ class Run(Generic[T]):
                     self.stop("token_budget")
                 if self._stop_reason is not None:
                     break
-                permit = await self._limiter.acquire(estimate)
+                permit = self._limiter.try_acquire(estimate) or await self._limiter.acquire(
+                    estimate
+                )
                 self._live += 1
                 self._reserved += estimate
                 task = loop.create_task(self._run_item(index, item, permit, estimate))
@@ -322,7 +325,8 @@ class Run(Generic[T]):
         loop = self._loop
         first_start = loop.time()
         self._started += 1
-        self._emit(Event("start", index, first_start, attempt=1))
+        if self._on_event is not None:
+            self._emit(Event("start", index, first_start, attempt=1))
         attempt = 0
         error: BaseException | None = None
         latency: float | None = None
@@ -358,9 +362,10 @@ class Run(Generic[T]):
                         return
                     delay = self._retry.delay(attempt, error, self._rng)
                     self._retries += 1
-                    self._emit(
-                        Event("retry", index, loop.time(), attempt, error=error, delay=delay)
-                    )
+                    if self._on_event is not None:
+                        self._emit(
+                            Event("retry", index, loop.time(), attempt, error=error, delay=delay)
+                        )
                     await asyncio.sleep(delay)
                     permit = await self._limiter.acquire(estimate)
                     continue
@@ -404,7 +409,7 @@ class Run(Generic[T]):
         # A sync function's value is taken as is; an awaitable (coroutine functions, and
         # lambdas that return a coroutine) is awaited.
         outcome = self._fn(item)
-        return await outcome if isinstance(outcome, Awaitable) else outcome
+        return await outcome if inspect.isawaitable(outcome) else outcome
 
     def _finish(
         self,
@@ -441,17 +446,19 @@ class Run(Generic[T]):
             self._usage = self._usage + usage
         self._ready.append(result)
         self._notify()
-        self._emit(
-            Event("done", index, result.finished_at or 0.0, attempts, error=error, result=result)
-        )
+        if self._on_event is not None:
+            self._emit(
+                Event(
+                    "done", index, result.finished_at or 0.0, attempts, error=error, result=result
+                )
+            )
         if self._max_failures is not None and self._failed >= self._max_failures:
             self.stop("max_failures")
         elif self._stop_when is not None and self._stop_when(result):
             self.stop("stop_when")
 
     def _emit(self, event: Event) -> None:
-        if self._on_event is None:
-            return
+        assert self._on_event is not None
         try:
             self._on_event(event)
         except Exception:  # a broken progress bar must not sink the batch
@@ -520,8 +527,9 @@ async def gather(
         results = await surge.gather(embed, texts, concurrency=50, rpm=3000)
         vectors = results.raise_for_failures().values()
     """
-    ordered: list[Result[T] | None] = []
-    async for result in Run(fn, items, **options):
+    run = Run(fn, items, **options)
+    ordered: list[Result[T] | None] = [None] * (run.total or 0)
+    async for result in run:
         if result.index >= len(ordered):
             ordered.extend([None] * (result.index + 1 - len(ordered)))
         ordered[result.index] = result

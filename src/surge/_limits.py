@@ -44,7 +44,9 @@ class TokenBucket:
         self._updated = now
 
     def level(self, now: float) -> float:
-        elapsed = max(0.0, now - self._updated)
+        elapsed = now - self._updated
+        if elapsed <= 0:
+            return min(self.capacity, self._level)
         return min(self.capacity, self._level + elapsed * self.rate)
 
     def delay(self, amount: float, now: float) -> float:
@@ -199,8 +201,30 @@ class Limiter:
 
     # -- acquiring -------------------------------------------------------------------
 
+    def try_acquire(self, tokens: float = 0) -> Permit | None:
+        """A permit now, if a slot and the rate allow it without waiting; else None.
+
+        Never jumps the queue: with anyone waiting, it answers None.
+        """
+        loop = self._bind()
+        if self._slot_waiters or self._rate_waiters:
+            return None
+        limit = self.concurrency_limit
+        if limit is not None and self._in_flight >= limit:
+            return None
+        now = loop.time()
+        if self._can_take(tokens, now) > 0.0:
+            return None
+        self._take(tokens, now)
+        self._in_flight += 1
+        self._granted += 1
+        return Permit(tokens, now)
+
     async def acquire(self, tokens: float = 0) -> Permit:
         """Wait for a concurrency slot, then for rate; return the permit to `release`."""
+        permit = self.try_acquire(tokens)
+        if permit is not None:
+            return permit
         loop = self._bind()
         await self._acquire_slot(loop)
         try:
@@ -229,7 +253,9 @@ class Limiter:
         now = self._now()
         bucket = self._buckets.get("tokens")
         if bucket is not None:
-            bucket.give(permit.tokens - (usage_tokens or 0.0), now)
+            unused = permit.tokens - (usage_tokens or 0.0)
+            if unused:
+                bucket.give(unused, now)
         if outcome == "rate_limited":
             self._rate_limited += 1
         if self._aimd is not None:
@@ -237,7 +263,8 @@ class Limiter:
         if hints:
             self.observe(hints)
         self._release_slot()
-        self._schedule()
+        if self._rate_waiters:
+            self._schedule()
 
     def pause(self, seconds: float) -> None:
         """Grant nothing for `seconds`: the provider's Retry-After applies to the key."""
@@ -304,6 +331,8 @@ class Limiter:
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return loop
         if self._loop is None:
             self._loop = loop
             now = loop.time()
@@ -352,8 +381,9 @@ class Limiter:
                 waiter.set_result(None)
 
     async def _acquire_rate(self, loop: asyncio.AbstractEventLoop, tokens: float) -> None:
-        if not self._rate_waiters and self._can_take(tokens, loop.time()) == 0.0:
-            self._take(tokens, loop.time())
+        now = loop.time()
+        if not self._rate_waiters and self._can_take(tokens, now) == 0.0:
+            self._take(tokens, now)
             return
         waiter: asyncio.Future[float] = loop.create_future()
         self._rate_waiters.append((tokens, waiter))
