@@ -1,0 +1,157 @@
+"""`surge sim`: run the simulator as a standalone server until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from surge.cli import app
+
+_HELP = """Serve an OpenAI- and Anthropic-compatible simulator with latency, limits and faults.
+
+Point a client at http://HOST:PORT/v1 (OpenAI SDK base_url) or http://HOST:PORT
+(Anthropic SDK base_url). GET /sim/stats shows what it has seen; POST /sim/reset clears it.
+"""
+
+
+def parse_latency(text: str) -> dict[str, float]:
+    """``TTFT[,PER_TOKEN[,JITTER]]`` in seconds (``0`` = none) as Latency changes.
+
+    Example:
+        >>> parse_latency("0.4,0.016,0.1")
+        {'ttft': 0.4, 'per_token': 0.016, 'jitter': 0.1}
+    """
+    names = ("ttft", "per_token", "jitter")
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            "use TTFT[,PER_TOKEN[,JITTER]] in seconds, e.g. 0.4,0.016,0.1"
+        ) from None
+    if not 1 <= len(values) <= 3:
+        raise typer.BadParameter("use TTFT[,PER_TOKEN[,JITTER]] in seconds, e.g. 0.4,0.016,0.1")
+    changes = dict(zip(names[: len(values)], values, strict=True))
+    if len(values) == 1 and values[0] == 0:
+        changes = {"ttft": 0.0, "per_token": 0.0, "jitter": 0.0}
+    return changes
+
+
+@app.command("sim", help=_HELP)
+def sim(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8000,
+    profile: Annotated[
+        str,
+        typer.Option(help="default, fast, typical, openai-tier1, anthropic-tier1, chaos, vllm."),
+    ] = "default",
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute per API key.")] = None,
+    tpm: Annotated[
+        int | None, typer.Option(help="Tokens (input + max_tokens) per minute per key.")
+    ] = None,
+    burst_seconds: Annotated[
+        float | None, typer.Option(help="Bucket size in seconds of rate (default 10).")
+    ] = None,
+    latency: Annotated[
+        str | None, typer.Option(help="TTFT[,PER_TOKEN[,JITTER]] in seconds; 0 for none.")
+    ] = None,
+    fail_5xx: Annotated[float | None, typer.Option(help="P(500/502/503), split evenly.")] = None,
+    fail_hang: Annotated[
+        float | None, typer.Option(help="P(no answer until the client gives up).")
+    ] = None,
+    fail_reset: Annotated[
+        float | None, typer.Option(help="P(connection reset mid-response).")
+    ] = None,
+    fail_malformed: Annotated[
+        float | None, typer.Option(help="P(200 with a truncated body).")
+    ] = None,
+    fail_slow: Annotated[float | None, typer.Option(help="P(body trickles out slowly).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for faults and latencies.")] = None,
+    api_key: Annotated[
+        list[str] | None, typer.Option(help="Require this API key (repeatable); others get 401.")
+    ] = None,
+    capacity: Annotated[
+        int | None, typer.Option(help="Capacity mode: concurrent slots; latency grows with load.")
+    ] = None,
+) -> None:
+    from surge.sim import PROFILES, Faults, serve
+    from surge.sim.server import new_event_loop
+
+    if profile not in PROFILES:
+        raise typer.BadParameter(
+            f"unknown profile; one of {', '.join(PROFILES)}", param_hint="--profile"
+        )
+    base = PROFILES[profile]
+    changes: dict[str, Any] = {}
+    for name, value in (
+        ("rpm", rpm),
+        ("tpm", tpm),
+        ("burst_seconds", burst_seconds),
+        ("seed", seed),
+        ("capacity", capacity),
+    ):
+        if value is not None:
+            changes[name] = value
+    if api_key:
+        changes["api_keys"] = frozenset(api_key)
+    if latency is not None:
+        changes["latency"] = parse_latency(latency)
+    faults: dict[str, float] = {}
+    if fail_5xx is not None:
+        third = Faults.uniform_5xx(fail_5xx)
+        faults.update(
+            error_500=third.error_500, error_502=third.error_502, error_503=third.error_503
+        )
+    for name, value in (
+        ("hang", fail_hang),
+        ("reset", fail_reset),
+        ("malformed", fail_malformed),
+        ("slow", fail_slow),
+    ):
+        if value is not None:
+            faults[name] = value
+    if faults:
+        changes["faults"] = faults
+    try:
+        config = base.replace(**changes)
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    console = Console(stderr=True)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with serve(config, host=host, port=port) as server:
+            limits = (
+                ", ".join(
+                    f"{n}={v}"
+                    for n, v in (
+                        ("rpm", config.rpm),
+                        ("tpm", config.tpm),
+                        ("itpm", config.itpm),
+                        ("otpm", config.otpm),
+                    )
+                    if v is not None
+                )
+                or "none"
+            )
+            console.print(
+                f"[bold]surge sim[/] profile={profile} limits: {limits} seed={config.seed}"
+            )
+            console.print(f"  OpenAI base_url:    [cyan]{server.url}[/]")
+            console.print(f"  Anthropic base_url: [cyan]{server.base_url}[/]")
+            console.print(f"  stats: {server.base_url}/sim/stats   (Ctrl-C to stop)")
+            await stop.wait()
+        console.print("surge sim stopped.")
+
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
