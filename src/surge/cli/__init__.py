@@ -15,5 +15,6 @@ app = typer.Typer(
 def main() -> None:
     # Import for their side effect: each module registers its commands on `app`.
     from surge.cli import _demo  # noqa: F401
+    from surge.cli import _sim  # noqa: F401
 
     app()
