@@ -12,9 +12,14 @@ app = typer.Typer(
 )
 
 
-def main() -> None:
-    # Import for their side effect: each module registers its commands on `app`.
-    from surge.cli import _demo  # noqa: F401
-    from surge.cli import _sim  # noqa: F401
+@app.callback()
+def _root() -> None:
+    """surge: make AI workloads fast by overlapping the waiting."""
 
+
+def main() -> None:
     app()
+
+
+# Imported for their side effect: each module registers its commands on `app`.
+from surge.cli import _demo, _sim  # noqa: E402, F401, I001
