@@ -228,7 +228,7 @@ class SimApp:
                 await self._generate(scope, raw, receive, send, "messages")
             elif path.endswith("/embeddings"):
                 await self._generate(scope, raw, receive, send, "embeddings")
-            elif path == "/sim/reset":
+            elif path.endswith("/sim/reset"):
                 self.reset()
                 await _respond(send, 200, b'{"ok":true}')
             else:
@@ -236,7 +236,7 @@ class SimApp:
         elif method == "GET":
             if path.endswith("/models"):
                 await _respond(send, 200, self._models)
-            elif path == "/sim/stats":
+            elif path.endswith("/sim/stats"):
                 await _respond(send, 200, _dumps(self.stats()))
             elif path in ("/", "/health", "/sim/health"):
                 await _respond(send, 200, b'{"ok":true}')
