@@ -1,0 +1,58 @@
+"""surge.rl: asynchronous RL training of language models, with bounded staleness.
+
+Generation and training overlap on separate resources while every sample stays within
+``max_staleness`` policy versions of the weights that train on it. Runs end to end on a
+CPU with a tiny transformer; the same trainer drives a generator in a thread or in its
+own process.
+
+Example::
+
+    import torch
+    from surge.rl import RLConfig, ReverseDigits, TinyLM, TinyLMConfig, Trainer
+
+    task = ReverseDigits(length=5)
+    torch.manual_seed(0)
+    model = TinyLM(TinyLMConfig(vocab_size=task.vocab_size))
+    trainer = Trainer(model, task, RLConfig(mode="async", max_staleness=2))
+    for stats in trainer.run(steps=50):
+        print(stats.step, round(stats.reward_mean, 2), stats.lag_max)
+
+Requires the ``rl`` extra (``pip install 'surge[rl]'``) for torch.
+"""
+
+from surge.rl._config import RLConfig
+from surge.rl._engines import DistributedWeightSync, Engine, ProcessEngine, ThreadEngine
+from surge.rl._errors import RLError, TrainerStopped, WeightSyncTimeout
+from surge.rl._losses import dpo_loss, group_advantages, grpo_loss, offpolicy_metrics
+from surge.rl._model import TinyLM, TinyLMConfig, token_logprobs
+from surge.rl._rollout import Generator, Rollout
+from surge.rl._task import ReverseDigits, Task
+from surge.rl._trainer import StepStats, Trainer
+from surge.rl._weights import InProcessWeightSync, WeightSync, WeightSyncStats
+
+__all__ = [
+    "DistributedWeightSync",
+    "Engine",
+    "Generator",
+    "InProcessWeightSync",
+    "ProcessEngine",
+    "RLConfig",
+    "RLError",
+    "ReverseDigits",
+    "Rollout",
+    "StepStats",
+    "Task",
+    "ThreadEngine",
+    "TinyLM",
+    "TinyLMConfig",
+    "Trainer",
+    "TrainerStopped",
+    "WeightSync",
+    "WeightSyncStats",
+    "WeightSyncTimeout",
+    "dpo_loss",
+    "group_advantages",
+    "grpo_loss",
+    "offpolicy_metrics",
+    "token_logprobs",
+]

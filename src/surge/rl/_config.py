@@ -1,0 +1,150 @@
+"""Every knob of the trainer in one frozen record, validated at the door.
+
+The names say what each knob does; the docstring maps them to the names other
+frameworks use, so a reader coming from TRL, NeMo-RL, AReaL or PipelineRL finds theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["RLConfig"]
+
+Mode = Literal["sync", "async"]
+Algorithm = Literal["grpo", "online_dpo"]
+EngineKind = Literal["thread", "process"]
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """How to train: the sync/async switch, the staleness bound, the algorithm.
+
+    Overlap and staleness:
+
+    - ``mode``: ``"sync"`` generates a batch, then trains on it, then generates the next
+      with the new weights; ``"async"`` generates ahead while the trainer trains. Same
+      API, same results at ``max_staleness=0``.
+    - ``max_staleness``: the most policy versions a sample may lag behind the policy that
+      trains on it (``max_staleness`` in TRL, ``max_trajectory_age_steps`` in NeMo-RL,
+      ``max_head_offpolicyness`` in AReaL). Enforced by admission control: a generation
+      starts only if it can be trained on within the bound. ``0`` is on-policy.
+    - ``max_inflight_tasks``: prompt groups being generated at once
+      (``max_inflight_tasks`` in NeMo-RL); default ``(max_staleness + 1) * groups per step``.
+    - ``queue_size``: completed groups that may wait for the trainer; same default.
+    - ``sync_every``: publish weights to the generator every this many steps
+      (``weight_sync_interval``); must be ``<= max_staleness + 1`` or the bound could
+      never be met.
+    - ``in_flight_weight_updates``: let new weights land between two tokens of a running
+      generation (PipelineRL's in-flight updates); tokens then carry their own versions.
+
+    Batch shape and algorithm:
+
+    - ``prompts_per_batch`` x ``grad_accum`` prompt groups per optimizer step, each of
+      ``group_size`` completions (``num_generations`` in TRL).
+    - ``algorithm``: ``"grpo"`` (group-relative advantages, PPO clip against the
+      trainer's own policy at the start of the step, truncated importance weights against
+      the behaviour policy that sampled the tokens, as in AReaL's decoupled objective) or
+      ``"online_dpo"`` (best vs worst completion of each group against a frozen reference).
+    - ``ppo_epochs``: passes over each batch (``num_iterations`` / mu in TRL).
+    - ``clip_eps`` (PPO epsilon), ``is_cap`` (truncation C of importance weights, as in
+      truncated IS / TIS), ``dpo_beta``.
+
+    Placement:
+
+    - ``engine``: ``"thread"`` runs the generator in a thread of this process, with
+      in-process weight sync; ``"process"`` runs it in its own process and pushes weights
+      with ``torch.distributed`` (gloo).
+    - ``generator_threads`` / ``trainer_threads``: intra-op threads of each side; default
+      splits the cores in async mode and gives each phase all cores in sync mode.
+    """
+
+    mode: Mode = "async"
+    algorithm: Algorithm = "grpo"
+    max_staleness: int = 1
+    max_inflight_tasks: int | None = None
+    queue_size: int | None = None
+    sync_every: int = 1
+    in_flight_weight_updates: bool = False
+    prompts_per_batch: int = 8
+    grad_accum: int = 1
+    group_size: int = 8
+    ppo_epochs: int = 1
+    lr: float = 3e-3
+    clip_eps: float = 0.2
+    is_cap: float = 2.0
+    dpo_beta: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    engine: EngineKind = "thread"
+    generator_threads: int | None = None
+    trainer_threads: int | None = None
+    weight_sync_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sync", "async"):
+            raise ValueError(f"mode must be 'sync' or 'async', got {self.mode!r}")
+        if self.algorithm not in ("grpo", "online_dpo"):
+            raise ValueError(f"algorithm must be 'grpo' or 'online_dpo', got {self.algorithm!r}")
+        if self.engine not in ("thread", "process"):
+            raise ValueError(f"engine must be 'thread' or 'process', got {self.engine!r}")
+        if self.max_staleness < 0:
+            raise ValueError(
+                f"max_staleness must be >= 0, got {self.max_staleness}. "
+                "HINT: 0 is on-policy; 1-4 is the usual range for async RL."
+            )
+        for name in ("prompts_per_batch", "grad_accum", "group_size", "ppo_epochs", "sync_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError(
+                f"group_size must be >= 2, got {self.group_size}. HINT: group-relative "
+                "advantages and DPO pairs compare completions of the same prompt."
+            )
+        if self.sync_every > self.max_staleness + 1:
+            raise ValueError(
+                f"sync_every={self.sync_every} can never meet max_staleness="
+                f"{self.max_staleness}. HINT: use sync_every <= max_staleness + 1."
+            )
+        for name in ("max_inflight_tasks", "queue_size", "generator_threads", "trainer_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if self.max_inflight_tasks is not None and self.max_inflight_tasks < self.groups_per_step:
+            raise ValueError(
+                f"max_inflight_tasks={self.max_inflight_tasks} is below the "
+                f"{self.groups_per_step} groups one step needs. HINT: leave it None."
+            )
+        if self.lr <= 0 or self.clip_eps <= 0 or self.is_cap <= 0 or self.dpo_beta <= 0:
+            raise ValueError("lr, clip_eps, is_cap and dpo_beta must be > 0")
+        if self.weight_sync_timeout <= 0:
+            raise ValueError("weight_sync_timeout must be > 0 seconds")
+
+    @property
+    def groups_per_step(self) -> int:
+        """Prompt groups one optimizer step consumes."""
+        return self.prompts_per_batch * self.grad_accum
+
+    @property
+    def effective_max_staleness(self) -> int:
+        """The bound actually enforced: 0 in sync mode, whatever was asked otherwise."""
+        return 0 if self.mode == "sync" else self.max_staleness
+
+    @property
+    def inflight_limit(self) -> int:
+        if self.max_inflight_tasks is not None:
+            return self.max_inflight_tasks
+        return (self.effective_max_staleness + 1) * self.groups_per_step
+
+    @property
+    def queue_limit(self) -> int:
+        if self.queue_size is not None:
+            return max(self.queue_size, self.groups_per_step)
+        return (self.effective_max_staleness + 1) * self.groups_per_step
+
+    def threads(self, cores: int) -> tuple[int, int]:
+        """Intra-op threads for (generator, trainer) given ``cores`` to share."""
+        default = max(1, cores // 2) if self.mode == "async" else max(1, cores)
+        gen = self.generator_threads or default
+        train = self.trainer_threads or (max(1, cores - gen) if self.mode == "async" else default)
+        return gen, train

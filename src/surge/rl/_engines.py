@@ -1,0 +1,384 @@
+"""Generation engines: where the generator runs and how weights reach it.
+
+An engine takes tickets to generate (``submit``), hands finished rollouts to a callback,
+and receives weights (``publish``). The trainer does not know which engine it drives:
+
+- :class:`ThreadEngine`: a generator thread in this process with its own copy of the
+  model and :class:`~surge.rl.InProcessWeightSync`. PyTorch releases the GIL inside ops,
+  so this overlaps for models whose ops are large next to Python's per-op overhead.
+- :class:`ProcessEngine`: a generator in its own process (its own interpreter, its own
+  share of the cores), weights pushed with ``torch.distributed`` point-to-point sends
+  over gloo. This is what overlaps on a small CPU, and the shape of a real deployment
+  (generator and trainer on separate devices).
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import socket
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from surge.rl._errors import TrainerStopped, WeightSyncTimeout
+from surge.rl._rollout import Generator, Rollout, rollout_from_dict, rollout_to_dict
+from surge.rl._task import Task
+from surge.rl._weights import InProcessWeightSync, WeightSyncStats
+
+__all__ = ["DistributedWeightSync", "Engine", "ProcessEngine", "ThreadEngine"]
+
+OnResult = Callable[[list[Rollout]], None]
+OnError = Callable[[BaseException], None]
+
+
+class Engine(Protocol):
+    """What the trainer needs from a generation engine."""
+
+    def submit(self, tickets: list[int], min_version: int) -> None: ...
+
+    def publish(self, state: Mapping[str, torch.Tensor], version: int) -> None: ...
+
+    def busy_seconds(self) -> float: ...
+
+    def weight_stats(self) -> WeightSyncStats: ...
+
+    def in_flight_updates(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadEngine:
+    """Generator in a thread of this process; see the module docstring."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        *,
+        group_size: int,
+        seed: int,
+        threads: int,
+        in_flight_weight_updates: bool,
+        timeout: float,
+        on_result: OnResult,
+        on_error: OnError,
+    ) -> None:
+        self.sync = InProcessWeightSync()
+        self._model = copy.deepcopy(model).eval()
+        self._gen = Generator(
+            self._model,
+            task,
+            group_size=group_size,
+            seed=seed,
+            refresh=lambda mv: self.sync.pull(
+                self._model, have=self._gen.version, min_version=mv, timeout=timeout
+            ),
+            in_flight_weight_updates=in_flight_weight_updates,
+        )
+        self._requests: queue.Queue[tuple[list[int], int] | None] = queue.Queue()
+        self._threads = threads
+        self._on_result, self._on_error = on_result, on_error
+        self._thread = threading.Thread(target=self._loop, name="surge-rl-generator", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        torch.set_num_threads(self._threads)
+        while (req := self._requests.get()) is not None:
+            try:
+                rollouts = self._gen.generate(req[0], min_version=req[1])
+            except BaseException as exc:
+                self._on_error(exc)
+                return
+            self._on_result(rollouts)
+
+    def submit(self, tickets: list[int], min_version: int) -> None:
+        self._requests.put((tickets, min_version))
+
+    def publish(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+        self.sync.publish(state, version)
+
+    def busy_seconds(self) -> float:
+        return self._gen.busy_seconds
+
+    def weight_stats(self) -> WeightSyncStats:
+        return self.sync.statistics()
+
+    def in_flight_updates(self) -> int:
+        return self._gen.weight_updates_in_flight
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._requests.get_nowait()
+            except queue.Empty:
+                break
+        self._requests.put(None)
+        self._thread.join()
+
+
+class DistributedWeightSync:
+    """Weight sync across processes with ``torch.distributed`` point-to-point messages.
+
+    The sender flattens the state into one contiguous buffer and ``isend``s it; the
+    version travels ahead of it on an ordinary queue, so the receiver knows a buffer is
+    coming and can check for new weights between two tokens without blocking. A receiver
+    loads a buffer only once it has fully arrived, so the model is never half updated.
+    Works over gloo (CPU) and NCCL (GPU) alike.
+    """
+
+    def __init__(self, state: Mapping[str, torch.Tensor], *, peer: int) -> None:
+        self.peer = peer
+        self._names = list(state)
+        self._shapes = [t.shape for t in state.values()]
+        self._numels = [t.numel() for t in state.values()]
+        self._buf = torch.empty(sum(self._numels), dtype=torch.float32)
+        self._pending: list[tuple[Any, torch.Tensor]] = []
+        self.version = -1
+        self.publishes = 0
+        self.pulls = 0
+        self.publish_seconds = 0.0
+        self.pull_seconds = 0.0
+
+    def send(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Sender side: start sending ``state``; returns before the receiver has it."""
+        start = time.perf_counter()
+        flat = torch.cat([state[n].detach().reshape(-1).float() for n in self._names])
+        self._pending = [(w, t) for w, t in self._pending if not w.is_completed()]
+        self._pending.append((dist.isend(flat, dst=self.peer), flat))
+        self.publishes += 1
+        self.publish_seconds += time.perf_counter() - start
+
+    def wait_sent(self) -> None:
+        for work, _ in self._pending:
+            work.wait()
+        self._pending.clear()
+
+    def receive(self, version: int) -> None:
+        """Receiver side: block until the announced buffer has arrived."""
+        start = time.perf_counter()
+        dist.recv(self._buf, src=self.peer)
+        self.version = version
+        self.pull_seconds += time.perf_counter() - start
+        self.pulls += 1
+
+    def load_into(self, model: nn.Module) -> None:
+        start = time.perf_counter()
+        state = model.state_dict()
+        with torch.no_grad():
+            for name, shape, part in zip(
+                self._names, self._shapes, self._buf.split(self._numels), strict=True
+            ):
+                state[name].copy_(part.view(shape))
+        self.pull_seconds += time.perf_counter() - start
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _process_main(
+    model: nn.Module,
+    task: Task,
+    group_size: int,
+    seed: int,
+    threads: int,
+    in_flight: bool,
+    timeout: float,
+    init_method: str,
+    inbox: Any,
+    outbox: Any,
+) -> None:
+    """Generator process: read weights and requests from ``inbox`` in order, generate."""
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=init_method, rank=1, world_size=2)
+    model.eval()
+    wsync = DistributedWeightSync(model.state_dict(), peer=0)
+    pending: deque[tuple[list[int], int]] = deque()
+    stopping = False
+    loaded = -1
+
+    def poll(block: bool, wait: float | None = None) -> bool:
+        nonlocal stopping
+        try:
+            msg = inbox.get(block=block, timeout=wait)
+        except queue.Empty:
+            return False
+        if msg is None:
+            stopping = True
+        elif msg[0] == "weights":
+            wsync.receive(msg[1])
+        else:
+            pending.append((msg[1], msg[2]))
+        return True
+
+    def refresh(min_version: int) -> int:
+        nonlocal loaded
+        while poll(block=False):
+            pass
+        deadline = time.monotonic() + timeout
+        while wsync.version < min_version and not stopping:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poll(block=True, wait=left):
+                raise WeightSyncTimeout(f"no weights >= {min_version} within {timeout}s")
+        if wsync.version > loaded:
+            wsync.load_into(model)
+            loaded = wsync.version
+        return loaded
+
+    gen = Generator(
+        model,
+        task,
+        group_size=group_size,
+        seed=seed,
+        refresh=refresh,
+        in_flight_weight_updates=in_flight,
+    )
+    try:
+        while not stopping:
+            if not pending:
+                poll(block=True)
+                continue
+            tickets, min_version = pending.popleft()
+            rollouts = gen.generate(tickets, min_version=min_version)
+            stats = (
+                gen.busy_seconds,
+                wsync.pulls,
+                wsync.pull_seconds,
+                gen.weight_updates_in_flight,
+            )
+            outbox.put(("ok", [rollout_to_dict(r) for r in rollouts], stats))
+    except BaseException:
+        outbox.put(("error", traceback.format_exc(), None))
+    finally:
+        while not stopping:  # drain announced weights so the sender's sends complete
+            poll(block=True, wait=timeout)
+        outbox.put(("closed", None, None))
+        dist.destroy_process_group()
+
+
+class ProcessEngine:
+    """Generator in its own process; weights over ``torch.distributed`` (gloo).
+
+    Initialises the default process group of this process (rank 0 of 2) for its lifetime,
+    so it cannot be used inside a job that already set one up.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        *,
+        group_size: int,
+        seed: int,
+        threads: int,
+        in_flight_weight_updates: bool,
+        timeout: float,
+        on_result: OnResult,
+        on_error: OnError,
+    ) -> None:
+        if dist.is_initialized():
+            raise RuntimeError(
+                "torch.distributed is already initialised in this process. "
+                "HINT: use engine='thread' inside distributed jobs."
+            )
+        ctx = mp.get_context("spawn")
+        self._inbox: Any = ctx.Queue()
+        self._outbox: Any = ctx.Queue()
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        self._proc = ctx.Process(
+            target=_process_main,
+            args=(
+                copy.deepcopy(model).cpu(),
+                task,
+                group_size,
+                seed,
+                threads,
+                in_flight_weight_updates,
+                timeout,
+                init_method,
+                self._inbox,
+                self._outbox,
+            ),
+            name="surge-rl-generator",
+            daemon=True,
+        )
+        self._proc.start()
+        dist.init_process_group(
+            "gloo",
+            init_method=init_method,
+            rank=0,
+            world_size=2,
+            timeout=__import__("datetime").timedelta(seconds=timeout),
+        )
+        self._wsync = DistributedWeightSync(model.state_dict(), peer=1)
+        self._on_result, self._on_error = on_result, on_error
+        self._busy = 0.0
+        self._pulls = 0
+        self._pull_s = 0.0
+        self._inflight_updates = 0
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="surge-rl-results", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                kind, payload, stats = self._outbox.get(timeout=1.0)
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    self._on_error(TrainerStopped(f"generator exited ({self._proc.exitcode})"))
+                    return
+                continue
+            if kind == "closed":
+                self._closed.set()
+                return
+            if kind == "error":
+                self._on_error(TrainerStopped(f"generator process failed:\n{payload}"))
+                continue
+            self._busy, self._pulls, self._pull_s, self._inflight_updates = stats
+            self._on_result([rollout_from_dict(d) for d in payload])
+
+    def submit(self, tickets: list[int], min_version: int) -> None:
+        self._inbox.put(("generate", tickets, min_version))
+
+    def publish(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+        self._wsync.send(state)
+        self._inbox.put(("weights", version))
+        self._wsync.version = version
+
+    def busy_seconds(self) -> float:
+        return self._busy
+
+    def weight_stats(self) -> WeightSyncStats:
+        return WeightSyncStats(
+            version=self._wsync.version,
+            publishes=self._wsync.publishes,
+            pulls=self._pulls,
+            publish_seconds=self._wsync.publish_seconds,
+            pull_seconds=self._pull_s,
+        )
+
+    def in_flight_updates(self) -> int:
+        return self._inflight_updates
+
+    def close(self) -> None:
+        self._inbox.put(None)
+        self._closed.wait(timeout=60)
+        self._reader.join(timeout=5)
+        self._wsync.wait_sent()
+        self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._proc.kill()
+        dist.destroy_process_group()

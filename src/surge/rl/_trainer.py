@@ -1,0 +1,447 @@
+"""The trainer: one loop, a sync/async switch, bounded staleness, checkpoint and resume.
+
+Synchronous mode submits the tickets of step ``s`` with the weights of version ``s``,
+waits for them, and trains. Asynchronous mode adds a feeder thread that admits tickets
+ahead of the trainer, as far as the staleness bound allows (see ``_admission``), so the
+generator works on step ``s + 1 .. s + k`` while the trainer trains on step ``s``. Both
+modes consume rollouts through the same queue, in ticket order, with the same update, so
+``max_staleness=0`` reproduces synchronous training exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from surge.rl._admission import Admission, RolloutBuffer
+from surge.rl._config import RLConfig
+from surge.rl._engines import Engine, ProcessEngine, ThreadEngine
+from surge.rl._errors import TrainerStopped
+from surge.rl._losses import dpo_loss, group_advantages, grpo_loss, offpolicy_metrics
+from surge.rl._model import token_logprobs
+from surge.rl._rollout import Rollout, rollout_from_dict, rollout_to_dict
+from surge.rl._task import Task
+
+__all__ = ["StepStats", "Trainer"]
+
+_CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one optimizer step did, reported every step (progress bar, benchmark, tests).
+
+    ``lag_*`` are policy versions between the step's weights and the oldest token of each
+    group it trained on; ``tickets`` are the prompt groups it consumed, in order.
+    """
+
+    step: int
+    version: int
+    wall_seconds: float
+    reward_mean: float
+    lag_min: int
+    lag_mean: float
+    lag_max: int
+    dropped: int
+    queue_depth: int
+    generator_busy: float
+    trainer_busy: float
+    ess: float
+    clip_fraction: float
+    kl: float
+    loss: float
+    weight_sync_seconds: float
+    in_flight_weight_updates: int
+    mixed_version_groups: int
+    tokens: int
+    tickets: tuple[int, ...]
+
+
+class Trainer:
+    """RL trainer for a language model on a verifiable task, synchronous or asynchronous.
+
+    Example::
+
+        task = ReverseDigits(length=5)
+        torch.manual_seed(0)
+        model = TinyLM(TinyLMConfig(vocab_size=task.vocab_size))
+        trainer = Trainer(model, task, RLConfig(mode="async", max_staleness=2))
+        for stats in trainer.run(steps=100):
+            print(stats.step, stats.reward_mean, stats.lag_max)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        config: RLConfig | None = None,
+        *,
+        cores: int | None = None,
+    ) -> None:
+        self.model = model
+        self.task = task
+        self.config = config or RLConfig()
+        self.cores = cores or max(1, len(os.sched_getaffinity(0)))
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=0.0)
+        self.ref_model: nn.Module | None = None
+        if self.config.algorithm == "online_dpo":
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.step = 0
+        self.dropped = 0
+        self.history: list[StepStats] = []
+        self._buffer = RolloutBuffer()
+        self._admission = self._new_admission(0)
+        self._published = -1
+        self._stop = False
+        self._train_seconds = 0.0
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """Policy version of the trainer's weights: the number of optimizer steps taken."""
+        return self.step
+
+    def _new_admission(self, next_ticket: int) -> Admission:
+        cfg = self.config
+        return Admission(
+            groups_per_step=cfg.groups_per_step,
+            max_staleness=cfg.effective_max_staleness,
+            max_inflight=cfg.inflight_limit,
+            next_ticket=next_ticket,
+        )
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def train(
+        self, steps: int, *, on_step: Callable[[StepStats], None] | None = None
+    ) -> list[StepStats]:
+        """Run ``steps`` optimizer steps; return their statistics."""
+        out = []
+        for stats in self.run(steps):
+            out.append(stats)
+            if on_step is not None:
+                on_step(stats)
+        return out
+
+    def run(self, steps: int) -> Iterator[StepStats]:
+        """Run ``steps`` optimizer steps, yielding statistics after each.
+
+        The generator starts before the first step and stops when the iterator finishes
+        (or is closed); completed rollouts not yet trained on stay queued for the next
+        call and for :meth:`save_checkpoint`.
+        """
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        cfg = self.config
+        gen_threads, train_threads = cfg.threads(self.cores)
+        saved_threads = torch.get_num_threads()
+        torch.set_num_threads(train_threads)
+        self._stop = False
+        self._buffer.error = None
+        engine = self._start_engine(gen_threads)
+        feeder: threading.Thread | None = None
+        try:
+            self._publish(engine)
+            if cfg.mode == "async":
+                feeder = threading.Thread(
+                    target=self._feed, args=(engine,), name="surge-rl-feeder", daemon=True
+                )
+                feeder.start()
+            start = time.perf_counter()
+            self._train_seconds = 0.0
+            for _ in range(steps):
+                if cfg.mode == "sync":
+                    self._submit_admissible(engine)
+                rollouts = self._collect()
+                t0 = time.perf_counter()
+                metrics = self._update(rollouts)
+                self._train_seconds += time.perf_counter() - t0
+                self.step += 1
+                if self.step % cfg.sync_every == 0:
+                    self._publish(engine)
+                stats = self._stats(rollouts, metrics, engine, start)
+                self.history.append(stats)
+                yield stats
+        finally:
+            with self._buffer.cond:
+                self._stop = True
+                self._buffer.cond.notify_all()
+            if feeder is not None:
+                feeder.join()
+            engine.close()
+            self._settle_queue()
+            torch.set_num_threads(saved_threads)
+
+    def _start_engine(self, threads: int) -> Engine:
+        cfg = self.config
+        kind = ProcessEngine if cfg.engine == "process" else ThreadEngine
+        return kind(
+            self.model,
+            self.task,
+            group_size=cfg.group_size,
+            seed=cfg.seed,
+            threads=threads,
+            in_flight_weight_updates=cfg.in_flight_weight_updates,
+            timeout=cfg.weight_sync_timeout,
+            on_result=self._on_result,
+            on_error=self._buffer.fail,
+        )
+
+    def _publish(self, engine: Engine) -> None:
+        engine.publish(self.model.state_dict(), self.step)
+        with self._buffer.cond:
+            self._published = self.step
+            self._buffer.cond.notify_all()
+
+    def _on_result(self, rollouts: list[Rollout]) -> None:
+        with self._buffer.cond:
+            self._admission.inflight -= len(rollouts)
+            self._buffer.put(rollouts)
+
+    def _submit_admissible(self, engine: Engine) -> bool:
+        with self._buffer.cond:
+            tickets = self._admission.admit(
+                self._published, self._buffer.depth(), self.config.queue_limit
+            )
+        if tickets:
+            min_version = max(self._admission.min_version(t) for t in tickets)
+            engine.submit(tickets, min_version)
+        return bool(tickets)
+
+    def _feed(self, engine: Engine) -> None:
+        """Async mode: start every generation the bound admits, as soon as it admits it."""
+        cond = self._buffer.cond
+        while True:
+            with cond:
+                while not self._stop:
+                    tickets = self._admission.admit(
+                        self._published, self._buffer.depth(), self.config.queue_limit
+                    )
+                    if tickets:
+                        break
+                    cond.wait()
+                if self._stop:
+                    return
+                min_version = max(self._admission.min_version(t) for t in tickets)
+            engine.submit(tickets, min_version)
+
+    def _collect(self) -> list[Rollout]:
+        """The rollouts of this step's tickets, in ticket order; stale ones are re-queued."""
+        cfg = self.config
+        bound = cfg.effective_max_staleness
+        first = self.step * cfg.groups_per_step
+        out: list[Rollout] = []
+        cond = self._buffer.cond
+        with cond:
+            for ticket in range(first, first + cfg.groups_per_step):
+                while True:
+                    if self._buffer.error is not None:
+                        raise TrainerStopped("generation failed") from self._buffer.error
+                    r = self._buffer.pop(ticket)
+                    if r is None:
+                        cond.wait(timeout=cfg.weight_sync_timeout)
+                        continue
+                    if self.step - r.min_version > bound:
+                        self.dropped += 1
+                        self._admission.retry.append(ticket)
+                        self._admission.retry.sort()
+                        cond.notify_all()
+                        continue
+                    out.append(r)
+                    break
+            cond.notify_all()
+        return out
+
+    def _settle_queue(self) -> None:
+        """After the generator stopped: keep the contiguous run of finished tickets."""
+        with self._buffer.cond:
+            first = self.step * self.config.groups_per_step
+            kept = {r.ticket: r for r in self._buffer.snapshot()}
+            self._buffer.clear()
+            ticket = first
+            run = []
+            while ticket in kept:
+                run.append(kept[ticket])
+                ticket += 1
+            self._buffer.put(run)
+            self._admission = self._new_admission(ticket)
+
+    # -- the update ----------------------------------------------------------------------
+
+    def _update(self, rollouts: list[Rollout]) -> dict[str, float]:
+        cfg, task = self.config, self.task
+        self.model.train()
+        p_len = task.prompt_len
+        completions = torch.cat([r.completions for r in rollouts])
+        mask = torch.cat([r.mask for r in rollouts])
+        width = int(mask.any(dim=0).nonzero().max()) + 1 if bool(mask.any()) else 1
+        completions, mask = completions[:, :width], mask[:, :width]
+        behaviour = torch.cat([r.behaviour_logprobs for r in rollouts])[:, :width]
+        prompts = torch.tensor([r.prompt for r in rollouts for _ in range(cfg.group_size)])
+        tokens = torch.cat([prompts, completions], dim=1)
+        rewards = torch.stack([r.rewards for r in rollouts]).float()
+        n = tokens.shape[0]
+        micro = [
+            slice(i * n // cfg.grad_accum, (i + 1) * n // cfg.grad_accum)
+            for i in range(cfg.grad_accum)
+        ]
+        if cfg.algorithm == "online_dpo":
+            return self._dpo_update(tokens, mask, behaviour, rewards, p_len)
+        adv = group_advantages(rewards).reshape(-1)
+        total = int(mask.sum())
+        prox: torch.Tensor | None = None
+        if cfg.ppo_epochs > 1 or cfg.grad_accum > 1:
+            with torch.no_grad():
+                prox = token_logprobs(self.model, tokens, p_len)
+        loss_sum, clip_sum, prox_parts = 0.0, 0.0, []
+        for epoch in range(cfg.ppo_epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            for mb in micro:
+                logp = token_logprobs(self.model, tokens[mb], p_len)
+                mb_prox = prox[mb] if prox is not None else logp.detach()
+                if epoch == 0:
+                    prox_parts.append(mb_prox)
+                out = grpo_loss(
+                    logp,
+                    mb_prox,
+                    behaviour[mb],
+                    adv[mb],
+                    mask[mb],
+                    clip_eps=cfg.clip_eps,
+                    is_cap=cfg.is_cap,
+                    total_tokens=total,
+                )
+                out.loss.backward()
+                loss_sum += float(out.loss.detach())
+                clip_sum += out.clip_fraction / len(micro)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+        ess, kl = offpolicy_metrics(torch.cat(prox_parts), behaviour, mask)
+        return {
+            "loss": loss_sum / cfg.ppo_epochs,
+            "clip_fraction": clip_sum / cfg.ppo_epochs,
+            "ess": ess,
+            "kl": kl,
+            "tokens": float(total),
+        }
+
+    def _dpo_update(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        behaviour: torch.Tensor,
+        rewards: torch.Tensor,
+        p_len: int,
+    ) -> dict[str, float]:
+        cfg = self.config
+        assert self.ref_model is not None
+        g = cfg.group_size
+        best, worst = rewards.argmax(dim=1), rewards.argmin(dim=1)
+        valid = (rewards.max(dim=1).values > rewards.min(dim=1).values).nonzero().flatten()
+        m = mask.float()
+        with torch.no_grad():
+            current = token_logprobs(self.model, tokens, p_len)
+        ess, kl = offpolicy_metrics(current, behaviour, mask)
+        loss_value = 0.0
+        if valid.numel():
+            chosen = valid * g + best[valid]
+            rejected = valid * g + worst[valid]
+            rows = torch.cat([chosen, rejected])
+            with torch.no_grad():
+                ref = (token_logprobs(self.ref_model, tokens[rows], p_len) * m[rows]).sum(-1)
+            for _ in range(cfg.ppo_epochs):
+                self.optimizer.zero_grad(set_to_none=True)
+                seq = (token_logprobs(self.model, tokens[rows], p_len) * m[rows]).sum(-1)
+                k = valid.numel()
+                loss = dpo_loss(seq[:k], seq[k:], ref[:k], ref[k:], beta=cfg.dpo_beta)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                loss_value = float(loss.detach())
+        return {
+            "loss": loss_value,
+            "clip_fraction": 0.0,
+            "ess": ess,
+            "kl": kl,
+            "tokens": float(mask.sum()),
+        }
+
+    def _stats(
+        self, rollouts: list[Rollout], metrics: dict[str, float], engine: Engine, start: float
+    ) -> StepStats:
+        trained_at = self.step - 1
+        lags = [trained_at - r.min_version for r in rollouts]
+        wall = time.perf_counter() - start
+        ws = engine.weight_stats()
+        return StepStats(
+            step=trained_at,
+            version=self.step,
+            wall_seconds=wall,
+            reward_mean=float(torch.cat([r.rewards for r in rollouts]).mean()),
+            lag_min=min(lags),
+            lag_mean=sum(lags) / len(lags),
+            lag_max=max(lags),
+            dropped=self.dropped,
+            queue_depth=self._buffer.depth(),
+            generator_busy=min(1.0, engine.busy_seconds() / wall) if wall > 0 else 0.0,
+            trainer_busy=min(1.0, self._train_seconds / wall) if wall > 0 else 0.0,
+            ess=metrics["ess"],
+            clip_fraction=metrics["clip_fraction"],
+            kl=metrics["kl"],
+            loss=metrics["loss"],
+            weight_sync_seconds=ws.seconds_per_publish + ws.seconds_per_pull,
+            in_flight_weight_updates=engine.in_flight_updates(),
+            mixed_version_groups=sum(1 for r in rollouts if r.mixed_versions),
+            tokens=int(metrics["tokens"]),
+            tickets=tuple(r.ticket for r in rollouts),
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Save weights, optimizer, policy version and the queue of untrained rollouts.
+
+        Written to a temporary file and renamed, so a crash never leaves half a checkpoint.
+        Call it between :meth:`run` calls (the generator is stopped then).
+        """
+        state: dict[str, Any] = {
+            "format": _CHECKPOINT_FORMAT,
+            "config": asdict(self.config),
+            "step": self.step,
+            "dropped": self.dropped,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ref_model": self.ref_model.state_dict() if self.ref_model is not None else None,
+            "queue": [rollout_to_dict(r) for r in self._buffer.snapshot()],
+            "next_ticket": self._admission.next_ticket,
+        }
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint`; training continues
+        at the saved policy version with the saved queue."""
+        state = torch.load(Path(path), weights_only=False)
+        if state.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError(f"unknown checkpoint format {state.get('format')!r} in {path}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ref_model is not None and state["ref_model"] is not None:
+            self.ref_model.load_state_dict(state["ref_model"])
+        self.step = int(state["step"])
+        self.dropped = int(state["dropped"])
+        self._buffer.clear()
+        self._buffer.put([rollout_from_dict(d) for d in state["queue"]])
+        self._admission = self._new_admission(int(state["next_ticket"]))
