@@ -40,8 +40,6 @@ from surge._retry import RetryPolicy, Wait, classify, full_jitter
 T = TypeVar("T")
 logger = logging.getLogger("surge")
 
-Call = Callable[[Any], Awaitable[Any]]
-
 # How many items a run may hold (in flight, retrying, or finished but not yet consumed)
 # per concurrency slot. Above 1 so an item waiting out a backoff does not idle a slot.
 _WINDOW_PER_SLOT = 2
@@ -87,7 +85,7 @@ class Run(Generic[T]):
 
     def __init__(
         self,
-        fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
+        fn: Callable[[Any], Awaitable[T]],
         items: Iterable[Any] | AsyncIterable[Any],
         **options: Unpack[RunOptions],
     ) -> None:
@@ -498,7 +496,7 @@ def _positive_or_none(name: str, value: float | None) -> float | None:
 
 
 def as_completed(
-    fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
+    fn: Callable[[Any], Awaitable[T]],
     items: Iterable[Any] | AsyncIterable[Any],
     **options: Unpack[RunOptions],
 ) -> Run[T]:
@@ -515,7 +513,7 @@ def as_completed(
 
 
 async def gather(
-    fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
+    fn: Callable[[Any], Awaitable[T]],
     items: Iterable[Any] | AsyncIterable[Any],
     **options: Unpack[RunOptions],
 ) -> Results[T]:
@@ -537,7 +535,7 @@ async def gather(
 
 
 def map(
-    fn: Callable[[Any], Awaitable[T]] | Callable[[Any], T],
+    fn: Callable[[Any], Awaitable[T]],
     items: Iterable[Any] | AsyncIterable[Any],
     **options: Unpack[RunOptions],
 ) -> Results[T]:

@@ -22,7 +22,7 @@ duck typing in `surge._retry.classify`, so callers never have to translate them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from surge._feedback import RateLimitHints
@@ -93,7 +93,7 @@ class DeadlineExceeded(FatalError):
 class FailedResultsError(SurgeError):
     """Raised by `Results.raise_for_failures()`; `.failures` holds the failed results."""
 
-    def __init__(self, failures: Sequence[Result]) -> None:
+    def __init__(self, failures: Sequence[Result[Any]]) -> None:
         self.failures = list(failures)
         first = self.failures[0] if self.failures else None
         detail = f"; first: item {first.index}: {first.error!r}" if first else ""

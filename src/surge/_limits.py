@@ -193,6 +193,7 @@ class Limiter:
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._rate_waiters: deque[tuple[float, asyncio.Future[float]]] = deque()
         self._buckets: dict[str, TokenBucket] = {}
+        self._burst_learned: set[str] = set()
         self._paused_until = -math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -296,10 +297,16 @@ class Limiter:
             if bucket is None:
                 continue
             server_burst = hint.server_burst()
+            learned_burst = False
             if server_burst is not None:
                 ceiling = math.inf if self._max_burst is None else self._max_burst * bucket.rate
+                learned_burst = name not in self._burst_learned
+                self._burst_learned.add(name)
                 bucket.capacity = max(1.0, min(server_burst, ceiling))
-            if hint.remaining is not None:
+            # Headers lag: requests granted since the server wrote them are not in
+            # `remaining` yet. So the level only ever follows them down, except once,
+            # when the server first reveals its burst and the room we were not using.
+            if hint.remaining is not None and (learned_burst or hint.remaining < bucket.level(now)):
                 bucket.set_level(hint.remaining, now)
         self._schedule()
 

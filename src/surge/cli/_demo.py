@@ -67,7 +67,7 @@ async def run_mode(mode: str, latencies: list[float]) -> ModeTiming:
     start = loop.time()
     if mode.startswith("as_completed"):
         actual: list[float] = [0.0] * len(latencies)
-        first = None
+        first: float | None = None
         async for result in surge.as_completed(llm_call, range(len(latencies)), concurrency=cap):
             first = loop.time() - start if first is None else first
             actual[result.index] = result.latency or 0.0
@@ -79,7 +79,7 @@ async def run_mode(mode: str, latencies: list[float]) -> ModeTiming:
     ideal, ideal_first = ideal_makespan(actual, cap)
     if not mode.startswith("as_completed"):
         ideal_first = ideal
-    return ModeTiming(mode, wall, ideal, first, ideal_first)
+    return ModeTiming(mode, wall, ideal, first if first is not None else wall, ideal_first)
 
 
 MODES = ("sequential", "gather", "gather, capped at 2", "as_completed", "as_completed, capped at 2")
