@@ -24,7 +24,7 @@ from typing import Any
 from surge.sim.config import SimConfig
 from surge.sim.replies import content_key
 
-__all__ = ["FAULT_KINDS", "Plan", "plan", "plan_for_key"]
+__all__ = ["FAULT_KINDS", "INSTANT", "Plan", "plan", "plan_for_key"]
 
 FAULT_KINDS = ("500", "502", "503", "hang", "reset", "malformed", "slow")
 
@@ -47,6 +47,9 @@ class Plan:
         return self.ttft + self.per_token * output_tokens
 
 
+INSTANT = Plan(None, 0.0, 0.0, 1.0)
+
+
 def _uniforms(seed: int, key: str, attempt: int) -> list[float]:
     digest = hashlib.blake2b(f"{seed}:{key}:{attempt}".encode(), digest_size=64).digest()
     return [int.from_bytes(digest[i : i + 8], "little") / 2**64 for i in range(0, 64, 8)]
@@ -54,6 +57,8 @@ def _uniforms(seed: int, key: str, attempt: int) -> list[float]:
 
 def plan_for_key(key: str, attempt: int, config: SimConfig) -> Plan:
     """The plan for content ``key`` on its ``attempt``-th admission."""
+    if config.latency.is_zero and not config.faults.any:
+        return INSTANT  # nothing to draw: skip the hash on the zero-latency fast path
     u = _uniforms(config.seed, key, attempt)
     fault: str | None = None
     edge = 0.0

@@ -284,5 +284,5 @@ def embedding_vector(text: str, dim: int = 256) -> list[float]:
     """
     raw = struct.unpack(f"<{dim}h", hashlib.shake_256(text.encode()).digest(2 * dim))
     values = [x + 0.5 for x in raw]
-    norm = math.sqrt(math.fsum(x * x for x in values))
-    return [x / norm for x in values]
+    scale = 1.0 / math.hypot(*values)
+    return [x * scale for x in values]

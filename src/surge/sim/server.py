@@ -29,7 +29,7 @@ import uvicorn
 from surge.sim._limits import Bucket, Limiter, format_duration, rfc3339
 from surge.sim._stats import Stats
 from surge.sim.config import SimConfig
-from surge.sim.faults import FAULT_KINDS, Plan, plan_for_key
+from surge.sim.faults import FAULT_KINDS, INSTANT, Plan, plan_for_key
 from surge.sim.profiles import resolve
 from surge.sim.replies import (
     Reply,
@@ -154,6 +154,7 @@ class SimApp:
         self._slots = asyncio.Semaphore(config.capacity) if config.capacity else None
         self._waiting = 0
         self._generating = 0
+        self._draws = not (config.latency.is_zero and not config.faults.any)
         self._poison = config.poison.encode() if config.poison else None
         self._models = _dumps(
             {
@@ -369,7 +370,7 @@ class SimApp:
             raise _Refused(503, _FAULT_MESSAGES[503], headers=headers)
         attempt = self.admitted[ckey]
         self.admitted[ckey] = attempt + 1
-        plan = plan_for_key(ckey, attempt, cfg)
+        plan = plan_for_key(ckey, attempt, cfg) if self._draws else INSTANT
         fault = plan.fault if forced is None else (None if forced == "none" else forced)
         if fault is not None:
             self._stats.faults[fault] += 1
