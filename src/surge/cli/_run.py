@@ -1,0 +1,226 @@
+"""`surge run` and `surge status`: crash-safe batch jobs from files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from surge.cli import app
+from surge.jobs import JobInputError, JobReport, JobSettings, JobSummary, Journal, run_job
+from surge.jobs.progress import ProgressDisplay
+
+
+def _parse_param(values: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for text in values:
+        key, sep, raw = text.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{text!r}: expected KEY=VALUE, e.g. temperature=0.2")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+@app.command()
+def run(
+    input: str = typer.Argument(
+        ..., help="Input file (OpenAI Batch JSONL, JSONL, CSV, Parquet) or - for stdin."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Output file (.jsonl, or .parquet)."),
+    base_url: str | None = typer.Option(None, help="API base URL, e.g. http://127.0.0.1:8000/v1."),
+    model: str | None = typer.Option(None, help="Model for lines that do not name one."),
+    provider: str = typer.Option(
+        "openai", help="openai (any OpenAI-compatible endpoint), anthropic, local."
+    ),
+    api_key_env: str | None = typer.Option(None, help="Environment variable holding the API key."),
+    concurrency: int = typer.Option(50, help="Most requests in flight at once."),
+    rpm: float | None = typer.Option(
+        None, help="Requests per minute (default: follow the server's headers)."
+    ),
+    tpm: float | None = typer.Option(
+        None, help="Tokens per minute (default: follow the server's headers)."
+    ),
+    max_retries: int = typer.Option(5, help="Retries per request after the first attempt."),
+    timeout: float = typer.Option(300.0, help="Seconds per attempt."),
+    order: str = typer.Option("input", help="Output order: input or completion."),
+    max_cost: float | None = typer.Option(
+        None, help="Stop dispatching before spent + reserved cost passes this (USD)."
+    ),
+    max_failures: int | None = typer.Option(
+        None, help="Stop dispatching after this many failed requests."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Count tokens and estimate cost; send nothing."
+    ),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Do not answer identical requests from the cache."
+    ),
+    format: str | None = typer.Option(
+        None, "--format", help="batch, jsonl, csv or parquet (default: detect)."
+    ),
+    endpoint: str | None = typer.Option(
+        None, help="For JSONL/CSV/Parquet: /v1/chat/completions, /v1/embeddings or /v1/messages."
+    ),
+    prompt_column: str | None = typer.Option(None, help="CSV/Parquet column holding the prompt."),
+    template: str | None = typer.Option(
+        None, help='CSV/Parquet prompt template, e.g. "Summarize: {text}".'
+    ),
+    id_column: str | None = typer.Option(None, help="CSV/Parquet column holding the id."),
+    param: list[str] = typer.Option(
+        [], "--param", help="Default body parameter KEY=VALUE (repeatable), e.g. max_tokens=256."
+    ),
+    journal: Path | None = typer.Option(None, help="Journal path (default: OUTPUT.journal)."),
+    prices: Path | None = typer.Option(None, help="JSON price table overriding the built-in one."),
+    embed_batch: int = typer.Option(64, help="Embedding inputs packed into one request."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Send the job's failed items again."
+    ),
+    json_summary: bool = typer.Option(
+        False, "--json-summary", help="Print the summary as JSON on stdout."
+    ),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", help="Live progress (a log line when not on a terminal)."
+    ),
+) -> None:
+    """Run a batch file at the speed of the rate limit. Rerun the same command to resume."""
+    settings = JobSettings(
+        input=input, output=str(output), journal=str(journal) if journal else None, format=format,
+        model=model, endpoint=endpoint, prompt_column=prompt_column, template=template,
+        id_column=id_column, defaults=_parse_param(param), provider=provider, base_url=base_url,
+        api_key_env=api_key_env, concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries,
+        timeout=timeout, order=order, max_cost=max_cost, max_failures=max_failures, dry_run=dry_run,
+        cache=not no_cache, prices=str(prices) if prices else None, embed_batch=embed_batch,
+        retry_failed=retry_failed,
+    )  # fmt: skip
+    err = Console(stderr=True)
+    try:
+        report = asyncio.run(run_job(settings, display=ProgressDisplay(enabled=progress)))
+    except JobInputError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C before the run installed its own handler
+        err.print("interrupted; nothing lost: rerun the same command to resume")
+        raise typer.Exit(130) from None
+    if json_summary:
+        print(json.dumps(_summary_json(report, settings)))
+    else:
+        _print_report(report, settings, err)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def status(
+    output: Path = typer.Argument(..., help="The job's output file (its journal lies beside it)."),
+    journal: Path | None = typer.Option(None, help="Journal path (default: OUTPUT.journal)."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Summarise a job: done, failed by reason, pending, tokens, cost."""
+    path = journal or Path(f"{output}.journal")
+    if not path.exists():
+        Console(stderr=True).print(
+            f"[red]error:[/] no journal at {path}. HINT: pass the OUTPUT given to surge run."
+        )
+        raise typer.Exit(2)
+    store = Journal(path)
+    try:
+        summary = store.summary()
+    finally:
+        store.close()
+    if json_output:
+        print(
+            json.dumps(summary.__dict__ if hasattr(summary, "__dict__") else _summary_dict(summary))
+        )
+    else:
+        Console().print(_summary_table(summary, title=f"job {output}"))
+
+
+def _summary_dict(summary: JobSummary) -> dict[str, Any]:
+    return {
+        "total": summary.total, "done": summary.done, "failed": summary.failed,
+        "invalid": summary.invalid, "pending": summary.pending,
+        "failed_by_reason": summary.failed_by_reason, "input_tokens": summary.input_tokens,
+        "output_tokens": summary.output_tokens, "cost_usd": round(summary.cost, 6),
+        "cached": summary.cached,
+    }  # fmt: skip
+
+
+def _summary_json(report: JobReport, settings: JobSettings) -> dict[str, Any]:
+    out = _summary_dict(report.summary)
+    out.update(outcome=report.outcome, wall_seconds=round(report.wall_seconds, 3))
+    if report.stopped_reason:
+        out["stopped_reason"] = report.stopped_reason
+    if report.statistics is not None:
+        out.update(retries=report.statistics.retries, rate_limited=report.statistics.rate_limited)
+    if report.outcome == "dry_run":
+        out.update(
+            estimated_tokens=report.estimated_tokens, estimated_cost_usd=report.estimated_cost
+        )
+    if report.output is not None:
+        out.update(output=str(report.output), errors=str(report.errors))
+    return out
+
+
+def _summary_table(summary: JobSummary, *, title: str) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    table.add_row("lines", f"{summary.total:,}")
+    table.add_row(
+        "done",
+        f"{summary.done:,}" + (f" ({summary.cached:,} from cache)" if summary.cached else ""),
+    )
+    table.add_row("failed", f"{summary.failed:,}")
+    for reason, count in summary.failed_by_reason.items():
+        table.add_row(f"  {reason}", f"{count:,}")
+    table.add_row("invalid input lines", f"{summary.invalid:,}")
+    table.add_row("pending", f"{summary.pending:,}")
+    table.add_row("tokens in / out", f"{summary.input_tokens:,} / {summary.output_tokens:,}")
+    table.add_row("cost", f"${summary.cost:,.4f}")
+    return table
+
+
+def _print_report(report: JobReport, settings: JobSettings, console: Console) -> None:
+    if report.outcome == "dry_run":
+        cost = (
+            "unknown (no price for some model)"
+            if report.estimated_cost is None
+            else f"${report.estimated_cost:,.4f}"
+        )
+        console.print(
+            f"dry run: {report.summary.pending:,} requests to send, about "
+            f"{report.estimated_tokens or 0:,} tokens (input + max output), at most {cost}; nothing sent."
+        )
+        return
+    console.print(
+        _summary_table(
+            report.summary, title=f"surge run: {report.outcome} in {report.wall_seconds:,.1f}s"
+        )
+    )
+    if report.statistics is not None:
+        s = report.statistics
+        console.print(
+            f"{s.attempts:,} attempts, {s.retries:,} retries, {s.rate_limited:,} answered 429"
+        )
+    if report.output is not None:
+        console.print(f"output: {report.output}   errors: {report.errors}")
+    if report.outcome in ("interrupted", "stopped") or report.summary.pending:
+        why = f" ({report.stopped_reason})" if report.stopped_reason else ""
+        console.print(
+            f"[yellow]{report.summary.pending:,} items not yet sent{why}.[/] Resume with the same command:"
+        )
+        console.print("  " + " ".join(_shell_quote(a) for a in sys.argv), highlight=False)
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)

@@ -1,0 +1,505 @@
+"""`surge run`: a batch file through the engine, checkpointed in the journal as it goes.
+
+The flow: read the input into the journal (stopping on anything that makes the job
+impossible), then stream the pending items from the journal through the engine, record
+each result as it arrives, and rebuild the output files from the journal at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import surge
+from surge._exceptions import (
+    AttemptTimeout,
+    AuthenticationError,
+    BadRequestError,
+    RateLimitError,
+    ServerError,
+    SurgeError,
+    TransportError,
+)
+from surge._results import Event, Result, RunStatistics
+from surge.jobs._model import JobInputError
+from surge.jobs.cache import ResponseCache
+from surge.jobs.journal import JobSummary, Journal, Outcome, PendingItem
+from surge.jobs.output import write_outputs
+from surge.jobs.progress import ProgressDisplay, Snapshot
+from surge.providers import Provider, ProviderResponse, make_provider, scrub
+
+DEFAULT_KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "local": "OPENAI_API_KEY",
+}
+INTERRUPT_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Everything `surge run` was asked to do. Never holds the API key itself."""
+
+    input: str
+    output: str
+    journal: str | None = None
+    format: str | None = None
+    model: str | None = None
+    endpoint: str | None = None
+    prompt_column: str | None = None
+    template: str | None = None
+    id_column: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    provider: str = "openai"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 50
+    rpm: float | None = None
+    tpm: float | None = None
+    max_retries: int = 5
+    timeout: float | None = 300.0
+    order: str = "input"
+    max_cost: float | None = None
+    max_failures: int | None = None
+    dry_run: bool = False
+    cache: bool = True
+    cache_dir: str | None = None
+    prices: str | None = None
+    embed_batch: int = 64
+    retry_failed: bool = False
+
+    @property
+    def journal_path(self) -> Path:
+        return Path(self.journal) if self.journal else Path(f"{self.output}.journal")
+
+
+@dataclass(frozen=True)
+class JobReport:
+    outcome: str  # complete | interrupted | stopped | dry_run
+    summary: JobSummary
+    wall_seconds: float
+    statistics: RunStatistics | None
+    output: Path | None
+    errors: Path | None
+    stopped_reason: str | None = None
+    estimated_cost: float | None = None
+    estimated_tokens: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.outcome == "interrupted":
+            return 130
+        if self.summary.failed or self.summary.invalid or self.summary.pending:
+            return 1
+        return 0
+
+
+Pack = tuple[PendingItem, ...]
+
+
+def _kind(error: BaseException | None) -> str:
+    """A short reason code for the journal, the errors file and the report."""
+    if isinstance(error, RateLimitError):
+        return "rate_limited"
+    if isinstance(error, AttemptTimeout):
+        return "timeout"
+    if isinstance(error, TransportError):
+        return "transport_error" if error.status_code is None else "malformed_response"
+    if isinstance(error, ServerError):
+        return "server_error"
+    if isinstance(error, AuthenticationError):
+        return "auth_error"
+    if isinstance(error, BadRequestError):
+        return "bad_request"
+    if isinstance(error, SurgeError):
+        return type(error).__name__
+    return "error" if error is not None else "unknown"
+
+
+def _max_tokens(body: dict[str, Any]) -> int:
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+class _Job:
+    def __init__(self, settings: JobSettings, *, display: ProgressDisplay) -> None:
+        from surge.jobs import formats, pricing
+
+        self.settings = settings
+        self.display = display
+        self.formats = formats
+        self.prices = (
+            pricing.PriceTable.from_file(settings.prices)
+            if settings.prices
+            else pricing.PriceTable.default()
+        )
+        self.journal = Journal(settings.journal_path)
+        self.cache = (
+            ResponseCache(settings.cache_dir) if settings.cache and not settings.dry_run else None
+        )
+        self.api_key_env = settings.api_key_env or DEFAULT_KEY_ENV.get(
+            settings.provider, "OPENAI_API_KEY"
+        )
+        self.api_key = os.environ.get(self.api_key_env)
+        self.in_flight: dict[int, Pack] = {}
+        self.reserved_cost: dict[int, float] = {}
+        self.spent = 0.0
+        self.budget_hit = False
+        self.run: surge.Run[ProviderResponse] | None = None
+        self.total = 0
+        self.finished = 0
+        self.failed = 0
+        self.tokens = 0
+        self.cost = 0.0
+        self.wall_offset = 0.0
+
+    # -- input -------------------------------------------------------------------------
+
+    def ingest(self) -> None:
+        s = self.settings
+        records = self.formats.read_requests(
+            s.input,
+            format=s.format,  # type: ignore[arg-type]
+            model=s.model,
+            endpoint=s.endpoint,  # type: ignore[arg-type]
+            prompt_column=s.prompt_column,
+            template=s.template,
+            id_column=s.id_column,
+            defaults=s.defaults,
+        )
+        source = "<stdin>" if s.input == "-" else s.input
+        self.journal.ingest(records, source=source)
+        if s.retry_failed:
+            self.journal.retry_failed()
+
+    def estimate_tokens(self, item: PendingItem) -> int:
+        return int(self.formats.estimate_input_tokens(item.body)) + _max_tokens(item.body)
+
+    def estimate_cost(self, item: PendingItem) -> float | None:
+        model = str(item.body.get("model", ""))
+        return self.prices.estimate(
+            model, self.formats.estimate_input_tokens(item.body), _max_tokens(item.body)
+        )
+
+    def cost_of(self, body: dict[str, Any], input_tokens: int, output_tokens: int) -> float | None:
+        return self.prices.cost(str(body.get("model", "")), input_tokens, output_tokens)
+
+    # -- packing -----------------------------------------------------------------------
+
+    def packs(self) -> Iterator[Pack]:
+        """Pending items in input order, answered from the cache where possible, and
+        consecutive embedding inputs of the same request shape packed together."""
+        group: list[PendingItem] = []
+        for item in self.journal.pending():
+            if self.cache is not None and self.answer_from_cache(item):
+                continue
+            if group and len(group) < self.settings.embed_batch and self.same_pack(group[0], item):
+                group.append(item)
+                continue
+            if group:
+                yield tuple(group)
+            group = [item]
+            if not self.packable(item):
+                yield tuple(group)
+                group = []
+        if group:
+            yield tuple(group)
+
+    def packable(self, item: PendingItem) -> bool:
+        return (
+            item.url.endswith("/embeddings")
+            and isinstance(item.body.get("input"), str)
+            and self.settings.embed_batch > 1
+        )
+
+    def same_pack(self, first: PendingItem, item: PendingItem) -> bool:
+        def shape(body: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in body.items() if k != "input"}
+
+        return (
+            self.packable(first)
+            and self.packable(item)
+            and first.url == item.url
+            and shape(first.body) == shape(item.body)
+        )
+
+    def answer_from_cache(self, item: PendingItem) -> bool:
+        assert self.cache is not None
+        cached = self.cache.get(item.url, item.body)
+        if cached is None:
+            return False
+        usage = surge._feedback.extract_usage(cached)
+        now = time.time()
+        self.journal.record(
+            Outcome(
+                custom_id=item.custom_id, state="done", attempts=0, status_code=200,
+                response=cached, input_tokens=usage.input_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None, cost=0.0, cached=True,
+                started_at=now, finished_at=now, latency=0.0,
+            )
+        )  # fmt: skip
+        self.finished += 1
+        return True
+
+    # -- calling -----------------------------------------------------------------------
+
+    async def call(self, pack: Pack) -> surge.Reply[ProviderResponse]:
+        assert self.provider is not None
+        if len(pack) == 1:
+            return await self.provider.send(pack[0].url, pack[0].body)
+        merged = dict(pack[0].body)
+        merged["input"] = [item.body["input"] for item in pack]
+        return await self.provider.send(pack[0].url, merged)
+
+    def split(
+        self, pack: Pack, response: ProviderResponse
+    ) -> list[tuple[dict[str, Any], int, int]]:
+        """Per item: (response body, input tokens, output tokens)."""
+        body = response.body
+        usage = surge._feedback.extract_usage(body)
+        if len(pack) == 1:
+            return [(body, usage.input_tokens if usage else 0, usage.output_tokens if usage else 0)]
+        data = sorted(body.get("data") or [], key=lambda d: d.get("index", 0))
+        if len(data) != len(pack):
+            raise TransportError(
+                f"embeddings response has {len(data)} vectors for {len(pack)} inputs",
+                status_code=200,
+            )
+        total = usage.input_tokens if usage else 0
+        weights = [max(1, int(self.formats.estimate_input_tokens(item.body))) for item in pack]
+        shares = [total * w // sum(weights) for w in weights]
+        shares[-1] += total - sum(shares)
+        out = []
+        for vector, share in zip(data, shares, strict=True):
+            item_body = {
+                "object": "list",
+                "data": [{**vector, "index": 0}],
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": share, "total_tokens": share},
+            }
+            out.append((item_body, share, 0))
+        return out
+
+    def on_event(self, event: Event) -> None:
+        pack = self.in_flight.get(event.index)
+        if event.kind == "retry" and pack is not None:
+            error = event.error
+            status = getattr(error, "status_code", None)
+            for item in pack:
+                self.journal.record_attempt(
+                    time.time(),
+                    item.custom_id,
+                    _kind(error),
+                    status,
+                    scrub(str(error), self.api_key),
+                )
+
+    def record(self, result: Result[ProviderResponse], pack: Pack) -> None:
+        started = None if result.started_at is None else result.started_at + self.wall_offset
+        finished = None if result.finished_at is None else result.finished_at + self.wall_offset
+        if result.ok and result.value is not None:
+            try:
+                parts = self.split(pack, result.value)
+            except SurgeError as exc:
+                result = Result(result.index, result.item, "failed", error=exc, attempts=result.attempts,
+                                started_at=result.started_at, finished_at=result.finished_at)  # fmt: skip
+            else:
+                for item, (body, tokens_in, tokens_out) in zip(pack, parts, strict=True):
+                    cost = self.cost_of(item.body, tokens_in, tokens_out)
+                    self.journal.record(
+                        Outcome(
+                            custom_id=item.custom_id, state="done", attempts=result.attempts,
+                            status_code=200, request_id=result.value.request_id, response=body,
+                            input_tokens=tokens_in, output_tokens=tokens_out, cost=cost,
+                            started_at=started, finished_at=finished, latency=result.latency,
+                        )
+                    )  # fmt: skip
+                    if self.cache is not None:
+                        self.cache.put(item.url, item.body, body)
+                    self.finished += 1
+                    self.tokens += tokens_in + tokens_out
+                    self.cost += cost or 0.0
+                    self.spent += cost or 0.0
+                return
+        if result.status != "failed":
+            return  # not started or cancelled: stays pending for the next run
+        error = result.error
+        message = scrub(str(error) or type(error).__name__, self.api_key)
+        for item in pack:
+            self.journal.record(
+                Outcome(
+                    custom_id=item.custom_id, state="failed", attempts=result.attempts,
+                    status_code=getattr(error, "status_code", None), error_code=_kind(error),
+                    error=message, started_at=started, finished_at=finished, latency=result.latency,
+                )
+            )  # fmt: skip
+            self.failed += 1
+
+    # -- the run -----------------------------------------------------------------------
+
+    provider: Provider | None = None
+
+    async def execute(self) -> tuple[str, str | None, RunStatistics | None]:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        self.wall_offset = time.time() - loop.time()
+        summary = self.journal.summary()
+        self.total = summary.total - summary.invalid
+        self.finished = summary.done
+        self.failed = summary.failed
+        self.spent = summary.cost
+        self.provider = make_provider(
+            s.provider, base_url=s.base_url, api_key=self.api_key, max_connections=s.concurrency
+        )
+        limiter = surge.Limiter(concurrency=s.concurrency, rpm=s.rpm, tpm=s.tpm)
+        stream = surge.as_completed(
+            self.call,
+            self._tracked(self.packs()),
+            limiter=limiter,
+            tokens=lambda pack: sum(self.estimate_tokens(item) for item in pack),
+            max_retries=s.max_retries,
+            timeout=s.timeout,
+            max_failures=s.max_failures,
+            on_event=self.on_event,
+        )
+        self.run = stream
+        interrupted = 0
+        consumer = asyncio.current_task()
+        assert consumer is not None
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted += 1
+            if interrupted == 1:
+                stream.stop("interrupted")
+                self.display.note(
+                    f"\n[yellow]Interrupted: no new requests; waiting up to {INTERRUPT_GRACE:.0f}s "
+                    "for those in flight. Ctrl-C again to stop now.[/]"
+                )
+                loop.call_later(INTERRUPT_GRACE, consumer.cancel)
+            else:
+                consumer.cancel()
+
+        installed = _install_sigint(loop, on_sigint)
+        ticker = loop.create_task(self._tick(stream))
+        outcome = "complete"
+        try:
+            async for result in stream:
+                pack = self.in_flight.pop(result.index, ())
+                self.reserved_cost.pop(result.index, None)
+                if pack:
+                    self.record(result, pack)
+        except asyncio.CancelledError:
+            if not interrupted:
+                raise
+            outcome = "interrupted"
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            if installed:
+                loop.remove_signal_handler(signal.SIGINT)
+            self.journal.commit()
+            if self.cache is not None:
+                self.cache.commit()
+            await self.provider.aclose()
+        if interrupted:
+            outcome = "interrupted"
+        reason = stream.statistics().stopped
+        if outcome == "complete" and (reason is not None or self.budget_hit):
+            outcome = "stopped"
+            reason = reason or "max_cost"
+        self.display.update(self._snapshot(stream), force=True)
+        return outcome, reason, stream.statistics()
+
+    def _tracked(self, packs: Iterator[Pack]) -> Iterator[Pack]:
+        """Number packs as the engine will, so events and results map back to items, and
+        hold dispatch back once spent plus reserved cost would pass --max-cost."""
+        budget = self.settings.max_cost
+        for index, pack in enumerate(packs):
+            if budget is not None:
+                estimate = sum(self.estimate_cost(item) or 0.0 for item in pack)
+                if self.spent + sum(self.reserved_cost.values()) + estimate > budget:
+                    self.budget_hit = True
+                    return
+                self.reserved_cost[index] = estimate
+            self.in_flight[index] = pack
+            yield pack
+
+    async def _tick(self, stream: surge.Run[Any]) -> None:
+        while True:
+            self.display.update(self._snapshot(stream))
+            self.journal.maybe_commit()
+            await asyncio.sleep(0.25)
+
+    def _snapshot(self, stream: surge.Run[Any]) -> Snapshot:
+        stats = stream.statistics()
+        return Snapshot(
+            done=self.finished, total=self.total, failed=self.failed, in_flight=stats.in_flight,
+            retries=stats.retries, rate_limited=stats.rate_limited, tokens=self.tokens,
+            cost=self.spent, elapsed=stats.elapsed,
+        )  # fmt: skip
+
+    def dry_run(self) -> tuple[int, float | None]:
+        tokens = 0
+        cost: float | None = 0.0
+        for item in self.journal.pending():
+            tokens += self.estimate_tokens(item)
+            estimate = self.estimate_cost(item)
+            cost = None if cost is None or estimate is None else cost + estimate
+        return tokens, cost
+
+
+def _install_sigint(loop: asyncio.AbstractEventLoop, handler: Any) -> bool:
+    try:
+        loop.add_signal_handler(signal.SIGINT, handler)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False  # not the main thread, or not supported here
+    return True
+
+
+async def run_job(settings: JobSettings, *, display: ProgressDisplay | None = None) -> JobReport:
+    """Run (or resume) a batch job; see `surge run --help`."""
+    display = display or ProgressDisplay(enabled=False)
+    if settings.order not in ("input", "completion"):
+        raise JobInputError(f"--order must be input or completion, got {settings.order!r}")
+    job = _Job(settings, display=display)
+    start = time.monotonic()
+    try:
+        job.ingest()
+        if settings.dry_run:
+            tokens, cost = job.dry_run()
+            return JobReport("dry_run", job.journal.summary(), time.monotonic() - start, None, None, None,
+                             estimated_cost=cost, estimated_tokens=tokens)  # fmt: skip
+        if settings.max_cost is not None:
+            unknown = {
+                str(i.body.get("model"))
+                for i in job.journal.pending()
+                if job.estimate_cost(i) is None
+            }
+            if unknown:
+                raise JobInputError(
+                    f"--max-cost needs a price for every model; none known for {sorted(unknown)}. "
+                    "HINT: pass --prices FILE with their prices per million tokens."
+                )
+        run_id = job.journal.start_run({k: v for k, v in asdict(settings).items()})
+        with display:
+            outcome, reason, stats = await job.execute()
+        job.journal.end_run(run_id, outcome)
+        output, errors = write_outputs(job.journal, settings.output, order=settings.order)
+        return JobReport(outcome, job.journal.summary(), time.monotonic() - start, stats, output, errors,
+                         stopped_reason=reason)  # fmt: skip
+    finally:
+        job.journal.close()
+        if job.cache is not None:
+            job.cache.close()
