@@ -1,0 +1,95 @@
+"""The journal: ingest, duplicate and changed ids, pending order, small transactions."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from surge.jobs._model import InputError, JobInputError, Request
+from surge.jobs.journal import Journal, Outcome
+from surge.jobs.output import write_outputs
+
+
+def chat(custom_id: str, line: int, text: str = "hi") -> Request:
+    return Request(custom_id, line, "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": text}]})
+
+
+def test_ingest_makes_every_line_pending_in_input_order(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.ingest([chat("b", 1), chat("a", 2), InputError("in.jsonl", 3, "bad JSON"), chat("c", 4)], source="in.jsonl")
+    assert [p.custom_id for p in journal.pending(chunk=2)] == ["b", "a", "c"]
+    summary = journal.summary()
+    assert (summary.total, summary.pending, summary.invalid) == (4, 3, 1)
+    assert summary.failed_by_reason == {"invalid_input": 1}
+
+
+def test_duplicate_custom_id_stops_before_anything_is_written(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    with pytest.raises(JobInputError, match=r"duplicate custom_id: 'a' on lines 1, 3"):
+        journal.ingest([chat("a", 1), chat("b", 2), chat("a", 3)], source="in.jsonl")
+    assert journal.count() == 0
+
+
+def test_rerun_with_same_input_adds_nothing(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    lines = [chat("a", 1), chat("b", 2)]
+    journal.ingest(lines, source="in")
+    journal.record(Outcome("a", "done", 1, status_code=200, response={"ok": True}))
+    journal.commit()
+    journal.ingest(lines, source="in")
+    assert journal.count() == 2
+    assert [p.custom_id for p in journal.pending()] == ["b"]
+
+
+def test_changed_request_under_an_existing_id_is_refused(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.ingest([chat("a", 1, "one"), chat("b", 2)], source="in")
+    with pytest.raises(JobInputError, match=r"input changed.*'a' \(line 1\)"):
+        journal.ingest([chat("a", 1, "two"), chat("b", 2)], source="in")
+
+
+def test_results_are_committed_in_small_transactions(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    journal = Journal(path)
+    journal.ingest([chat(f"id{i}", i) for i in range(120)], source="in")
+    for i in range(60):
+        journal.record(Outcome(f"id{i}", "done", 1, status_code=200, response={"i": i}))
+    # A second connection (another process after a crash) sees the first 50 at least.
+    other = sqlite3.connect(path)
+    seen = other.execute("SELECT COUNT(*) FROM items WHERE state = 'done'").fetchone()[0]
+    assert seen == 50
+    journal.commit()
+    assert other.execute("SELECT COUNT(*) FROM items WHERE state = 'done'").fetchone()[0] == 60
+
+
+def test_retry_failed_puts_failures_back(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.ingest([chat("a", 1), chat("b", 2)], source="in")
+    journal.record(Outcome("a", "failed", 6, status_code=503, error_code="server_error", error="HTTP 503"))
+    journal.commit()
+    assert journal.summary().failed_by_reason == {"server_error": 1}
+    assert journal.retry_failed() == 1
+    assert [p.custom_id for p in journal.pending()] == ["a", "b"]
+
+
+def test_outputs_follow_the_batch_format_one_line_per_input(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.ingest([chat("a", 1), InputError("in", 2, "expected an object", field="body"), chat("c", 3)], source="in")
+    journal.record(Outcome("c", "done", 1, status_code=200, request_id="req-1", response={"x": 1}))
+    journal.record(Outcome("a", "failed", 1, status_code=400, error_code="bad_request", error="HTTP 400: no"))
+    journal.commit()
+    output, errors = write_outputs(journal, tmp_path / "out.jsonl")
+    lines = [json.loads(x) for x in output.read_text().splitlines()]
+    assert [x["custom_id"] for x in lines] == ["a", "invalid-line-2", "c"]
+    assert lines[2]["response"] == {"status_code": 200, "request_id": "req-1", "body": {"x": 1}}
+    assert lines[2]["error"] is None and lines[2]["id"].startswith("batch_req_")
+    assert lines[0]["error"] == {"code": "bad_request", "message": "HTTP 400: no"}
+    assert lines[1]["response"] is None and "in:2: body: expected an object" in lines[1]["error"]["message"]
+    reasons = [json.loads(x)["reason"] for x in errors.read_text().splitlines()]
+    assert reasons == ["bad_request", "invalid_input"]
+    completion = write_outputs(journal, tmp_path / "by-completion.jsonl", order="completion")[0]
+    assert len(completion.read_text().splitlines()) == 3
+    assert not list(tmp_path.glob(".*.tmp")), "temporary files are renamed or removed"
