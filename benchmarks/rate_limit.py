@@ -1,0 +1,151 @@
+"""Rate-limit utilisation: surge against the usual ways, each on its own simulator.
+
+Every contender gets its own simulator at the same limits (default 600 RPM, 100,000 TPM,
+a burst of 10 s of rate: the server accepts 100 requests at once) and the same N
+requests; all run at the same time in one process, so machine noise hits them alike.
+
+The physical limit: the server admits its burst at once and then `rate` per second, so
+N requests cannot all be admitted before (N - burst) / rate seconds; the last answer
+follows one call latency later. Utilisation after the first 10 s is the admitted rate
+over the rest of the dispatch time, against the limit.
+
+    python benchmarks/rate_limit.py [--requests 2000] [--rpm 600] [--tpm 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import surge
+import surge.sim
+from surge.jobs import JobSettings, run_job
+
+MAX_TOKENS = 100
+
+
+def body(i: int) -> dict[str, Any]:
+    return {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": f"Request {i}: write one line about the sea."}],
+        "max_tokens": MAX_TOKENS,
+    }
+
+
+@dataclass
+class Outcome:
+    name: str
+    wall: float
+    ok: int
+    stats: dict[str, Any]
+
+
+async def retrying_post(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> int:
+    """What hand-written loops do: on 429, sleep Retry-After (or 1 s) and go again."""
+    while True:
+        response = await client.post(url, json=payload)
+        if response.status_code != 429:
+            return response.status_code
+        await asyncio.sleep(float(response.headers.get("retry-after", 1)))
+
+
+async def hand_written(url: str, n: int, rpm: int) -> int:
+    semaphore = asyncio.Semaphore(50)
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
+
+        async def one(i: int) -> int:
+            async with semaphore:
+                return await retrying_post(client, url + "/chat/completions", body(i))
+
+        statuses = await asyncio.gather(*(one(i) for i in range(n)))
+    return sum(s == 200 for s in statuses)
+
+
+async def aiometer_polite(url: str, n: int, rpm: int) -> int:
+    import aiometer
+
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
+
+        async def one(i: int) -> int:
+            return await retrying_post(client, url + "/chat/completions", body(i))
+
+        statuses = await aiometer.run_all(
+            [lambda i=i: one(i) for i in range(n)], max_at_once=50, max_per_second=rpm / 60
+        )
+    return sum(s == 200 for s in statuses)
+
+
+async def surge_run(url: str, n: int, rpm: int, workdir: Path) -> int:
+    source = workdir / "input.jsonl"
+    with source.open("w") as handle:
+        for i in range(n):
+            line = {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body(i)}
+            handle.write(json.dumps(line) + "\n")
+    settings = JobSettings(
+        input=str(source), output=str(workdir / "out.jsonl"), base_url=url, concurrency=50,
+        rpm=rpm, cache=False,
+    )  # fmt: skip
+    report = await run_job(settings)
+    return report.summary.done
+
+
+async def measure(name: str, contender: Callable[[str], Awaitable[int]], limits: dict[str, Any]) -> Outcome:
+    async with surge.sim.serve(profile="typical", seed=1, **limits) as server:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ok = await contender(server.url)
+        return Outcome(name, loop.time() - start, ok, server.stats())
+
+
+def utilisation(stats: dict[str, Any], rate: float, skip: float = 10.0) -> float:
+    timeline = stats["timeline"]
+    admitted = [row["started"] - row["rate_limited"] for row in timeline]
+    last = max((i for i, a in enumerate(admitted) if a > 0), default=0)
+    window = admitted[int(skip) : last]  # full seconds after the burst, before the tail
+    return sum(window) / (rate * len(window)) if window else float("nan")
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    n, rpm = args.requests, args.rpm
+    limits = {"rpm": rpm, "tpm": args.tpm, "burst_seconds": 10.0}
+    burst = rpm / 60 * 10.0
+    physical = (n - burst) / (rpm / 60)
+    with tempfile.TemporaryDirectory() as workdir:
+        contenders: dict[str, Callable[[str], Awaitable[int]]] = {
+            "surge run": lambda url: surge_run(url, n, rpm, Path(workdir)),
+            "gather + Semaphore(50)": lambda url: hand_written(url, n, rpm),
+            "aiometer max_per_second": lambda url: aiometer_polite(url, n, rpm),
+        }
+        outcomes = await asyncio.gather(*(measure(name, fn, limits) for name, fn in contenders.items()))
+    print(f"\nRate-limit utilisation: {n:,} requests, simulator at {rpm} RPM / {args.tpm:,} TPM, "
+          f"burst {burst:.0f} requests, ~0.85 s calls (Python {platform.python_version()}, {platform.machine()})")
+    print(f"physical limit: (N - burst) / rate = {physical:.1f} s to admit the last request\n")
+    print("| contender               | ok    | wall s | wall / physical | util. after 10 s | 429 share of responses |")
+    print("|-------------------------|-------|--------|-----------------|------------------|------------------------|")
+    for o in outcomes:
+        total = o.stats["requests"]
+        rejected = o.stats["by_status"].get("429", 0)
+        print(f"| {o.name:23} | {o.ok:5,} | {o.wall:6.1f} | {o.wall / physical:15.3f} | "
+              f"{utilisation(o.stats, rpm / 60):16.1%} | {rejected / total:22.1%} |")
+    print(f"\nreproduce: python benchmarks/rate_limit.py --requests {n} --rpm {rpm} --tpm {args.tpm}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rpm", type=int, default=600)
+    parser.add_argument("--tpm", type=int, default=100_000)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
