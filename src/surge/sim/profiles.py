@@ -2,9 +2,10 @@
 
 - ``default``: no limits, no latency, no faults.
 - ``fast``: the same, said on purpose: for measuring client overhead.
-- ``typical``: a call takes about 0.8 s (0.4 s to first token, 16 ms per token, ~25
-  tokens), so 7 calls one after another take about 6 s and 7 at once about 0.9 s,
-  like the 7-call benchmarks people publish; no limits.
+- ``typical``: a call takes about 0.85 s (0.7 s to first token, 6 ms per token, 10-40
+  tokens), so 7 calls one after another take about 6 s and 7 at once about 0.95 s,
+  like the published 7-call benchmark (6.17 s and 0.85 s); 1 % of calls land in a
+  3× heavy tail; no limits.
 - ``openai-tier1``: typical latency under OpenAI tier-1 limits (500 RPM, 200k TPM).
 - ``anthropic-tier1``: typical latency under Anthropic tier-1 limits
   (50 RPM, 50k input TPM, 10k output TPM).
@@ -21,7 +22,7 @@ from surge.sim.config import Faults, Latency, SimConfig
 
 __all__ = ["PROFILES", "resolve"]
 
-_TYPICAL = Latency(ttft=0.4, per_token=0.016, jitter=0.08, tail_p=0.01, tail_factor=3.0)
+_TYPICAL = Latency(ttft=0.7, per_token=0.006, jitter=0.05, tail_p=0.01, tail_factor=3.0)
 
 PROFILES: dict[str, SimConfig] = {
     "default": SimConfig(),
