@@ -199,3 +199,4 @@ def test_sync_sdks_against_a_server_in_a_thread() -> None:
         assert stats["requests"] == 2 and stats["by_key"]["k"]["by_status"] == {"200": 2}
         server.reset()
         assert server.stats()["requests"] == 0
+    assert server.stats()["requests"] == 0  # still readable once stopped

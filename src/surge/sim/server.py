@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -839,13 +840,20 @@ class SimServer:
         return self.app.config
 
     def _in_loop(self, fn: Callable[[], Any]) -> Any:
-        if threading.get_ident() == self._thread:
+        # The app's state belongs to its loop's thread; after the server stopped it is
+        # frozen and can be read from anywhere.
+        if threading.get_ident() == self._thread or self._loop.is_closed():
             return fn()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
-        async def call() -> Any:
-            return fn()
+        def call() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # pragma: no cover - fn is a plain read
+                future.set_exception(exc)
 
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(call)
+        return future.result(timeout=10)
 
     def stats(self) -> dict[str, Any]:
         """Same data as ``GET /sim/stats``; safe to call from any thread.
