@@ -383,3 +383,20 @@ async def test_capacity_mode_latency_grows_with_concurrency() -> None:
         )
         codes = sorted(r.status_code for r in rs)
         assert codes.count(200) >= 3 and 503 in codes
+
+
+async def test_latency_follows_the_seeded_plan() -> None:
+    cfg = SimConfig(seed=2, latency=Latency(ttft=0.1, jitter=0.8), reply_tokens=(5, 5))
+    bodies = [chat(f"latency {i}") for i in range(6)]
+    async with serve(cfg) as server, client(server.url) as http:
+
+        async def timed(body: dict[str, Any]) -> float:
+            start = time.perf_counter()
+            await http.post("/chat/completions", json=body)
+            return time.perf_counter() - start
+
+        elapsed = await asyncio.gather(*(timed(b) for b in bodies))
+    planned = [plan(b, config=cfg).total(5) for b in bodies]
+    assert len({round(p, 3) for p in planned}) >= 4  # jitter makes them differ
+    for seen, want in zip(elapsed, planned, strict=True):
+        assert want - 0.005 <= seen < want + 0.3

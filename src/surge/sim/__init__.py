@@ -1,7 +1,48 @@
 """surge.sim: an OpenAI- and Anthropic-compatible server with latency, limits and faults.
 
 Tests, benchmarks and ``surge demo`` stand on it, and users can try surge (or test
-their own pipelines) without a key or a bill.
+their own pipelines) without a key or a bill. Run it with ``surge sim`` (or
+``python -m surge.sim``), in-process with ``async with serve(...) as server``, or in a
+background thread with ``with serve_in_thread(...) as server``.
+
+HTTP contract
+-------------
+Endpoints (matched by path suffix, so ``/v1/...`` and ``/...`` both work):
+``POST /v1/chat/completions`` (``stream``, ``stream_options.include_usage``),
+``POST /v1/embeddings`` (string, list of strings or token arrays; ``dimensions``;
+``encoding_format`` float or base64), ``POST /v1/messages`` (Anthropic, ``stream``),
+``GET /v1/models``, ``GET /sim/stats``, ``POST /sim/reset``.
+
+Keys: ``Authorization: Bearer KEY`` or ``x-api-key: KEY``; none is the key
+``anonymous``. With ``api_keys`` set, any other key gets 401.
+
+Limits (per key, see ``SimConfig``): a request costs 1 request and
+``request_cost(body)`` tokens. Every OpenAI-endpoint answer that got as far as the
+limiter carries ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``: limit per
+minute, floor of the bucket level after this request, and time until the bucket is
+full again in OpenAI's format (``20ms``, ``1.5s``, ``6m0s``; see ``format_duration``).
+So burst = remaining + reset × limit / 60. ``/v1/messages`` carries
+``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}``
+with RFC 3339 reset times. A refusal is 429 with ``retry-after`` (whole seconds,
+rounded up), ``retry-after-ms`` (time until this request would fit) and
+``{"error": {"type": "requests"|"tokens"|..., "code": "rate_limit_exceeded"}}``
+(Anthropic: ``{"type": "error", "error": {"type": "rate_limit_error"}}``); it takes
+nothing from the buckets. No limit configured, no headers.
+
+Replies: ``expected_reply(body)`` (see ``surge.sim.replies``); usage counts
+``count_tokens(body)`` in and one token per reply word out. A request containing the
+poison marker (``SURGE_POISON``) anywhere in its body always gets 400.
+
+Faults and latency: drawn per request from (seed, content, attempt), see
+``surge.sim.faults`` and ``plan(body)``. The request header ``x-sim-fault: KIND``
+(one of ``FAULT_KINDS`` or ``none``) forces a fault for one request. Answers carry
+``x-sim-content-key`` and ``x-sim-attempt``.
+
+Stats (``GET /sim/stats`` = ``server.stats()``): ``requests``, ``by_status`` (status
+codes as strings, plus ``reset``, ``malformed`` and ``hang`` for faults the client saw
+no status for), ``by_key``, ``attempts`` (content key → arrivals), ``faults``,
+``in_flight``, ``peak_concurrency``, ``tokens``, ``capacity`` and a per-second
+``timeline`` (started, ok, rate_limited, errors, input and output tokens).
 
 Example:
     >>> import asyncio, openai, surge.sim

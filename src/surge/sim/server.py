@@ -182,7 +182,13 @@ class SimApp:
 
     def stats(self) -> dict[str, Any]:
         """A JSON-able snapshot of the counters (what ``GET /sim/stats`` returns)."""
-        return self._stats.snapshot(time.monotonic())
+        snapshot = self._stats.snapshot(time.monotonic())
+        snapshot["capacity"] = {
+            "slots": self.config.capacity,
+            "generating": self._generating,
+            "waiting": self._waiting,
+        }
+        return snapshot
 
     def reset(self) -> None:
         """Clear stats, buckets and attempt counters (what ``POST /sim/reset`` does)."""
