@@ -23,6 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -106,6 +107,25 @@ def _wake(future: asyncio.Future[Any], value: Any = None) -> None:
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+@dataclass(slots=True)
+class _Call:
+    """One admitted generation request, as the reply stage needs it."""
+
+    body: dict[str, Any]
+    kind: str
+    ckey: str
+    attempt: int
+    plan: Plan
+    fault: str | None
+    headers: Headers
+    tokens_in: int
+    max_out: int
+
+    @property
+    def anthropic(self) -> bool:
+        return self.kind == "messages"
 
 
 class _Refused(Exception):
@@ -384,21 +404,9 @@ class SimApp:
         headers.append((b"x-sim-content-key", ckey.encode()))
         headers.append((b"x-sim-attempt", str(attempt).encode()))
 
+        call = _Call(body, kind, ckey, attempt, plan, fault, headers, tokens_in, max_out)
         if self._slots is None:
-            return await self._reply(
-                body,
-                receive,
-                send,
-                kind,
-                ckey,
-                attempt,
-                plan,
-                fault,
-                headers,
-                tokens_in,
-                max_out,
-                1.0,
-            )
+            return await self._reply(call, receive, send, 1.0)
         self._waiting += 1
         try:
             await self._slots.acquire()
@@ -406,41 +414,19 @@ class SimApp:
             self._waiting -= 1
         self._generating += 1
         try:
+            # Batched decoding: every sequence in the batch slows the others down.
             slowdown = 1.0 + cfg.capacity_slowdown * (self._generating - 1) / (cfg.capacity or 1)
-            return await self._reply(
-                body,
-                receive,
-                send,
-                kind,
-                ckey,
-                attempt,
-                plan,
-                fault,
-                headers,
-                tokens_in,
-                max_out,
-                slowdown,
-            )
+            return await self._reply(call, receive, send, slowdown)
         finally:
             self._generating -= 1
             self._slots.release()
 
     async def _reply(
-        self,
-        body: dict[str, Any],
-        receive: Receive,
-        send: Send,
-        kind: str,
-        ckey: str,
-        attempt: int,
-        plan: Plan,
-        fault: str | None,
-        headers: Headers,
-        tokens_in: int,
-        max_out: int,
-        slowdown: float,
+        self, call: _Call, receive: Receive, send: Send, slowdown: float
     ) -> tuple[str, int, int]:
-        anthropic = kind == "messages"
+        body, fault, headers, tokens_in = call.body, call.fault, call.headers, call.tokens_in
+        anthropic = call.anthropic
+        plan = call.plan
         ttft = plan.ttft * slowdown
         per_token = plan.per_token * slowdown
         if fault in ("500", "502", "503"):
@@ -454,21 +440,21 @@ class SimApp:
             return await self._hang(receive, send, anthropic, headers), 0, 0
 
         model = str(body.get("model") or "sim")
-        if kind == "embeddings":
+        if call.kind == "embeddings":
             payload = _embeddings(body, model, self.config.embedding_dim, tokens_in)
             await self._sleep(ttft)
             return await self._deliver(send, payload, headers, fault), tokens_in, 0
 
-        reply = reply_for_key(ckey, max_out, self.config.reply_tokens)
+        reply = reply_for_key(call.ckey, call.max_out, self.config.reply_tokens)
         tokens_out = reply.output_tokens
         if body.get("stream"):
             parts = (_anthropic_stream if anthropic else _openai_stream)(
-                body, model, ckey, attempt, reply, tokens_in
+                body, model, call.ckey, call.attempt, reply, tokens_in
             )
             label = await self._stream(send, parts, headers, fault, ttft, per_token)
             return label, tokens_in, tokens_out
         make = _anthropic_message if anthropic else _openai_completion
-        payload = make(model, ckey, attempt, reply, tokens_in)
+        payload = make(model, call.ckey, call.attempt, reply, tokens_in)
         await self._sleep(ttft + per_token * tokens_out)
         return await self._deliver(send, payload, headers, fault), tokens_in, tokens_out
 
