@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import anthropic
@@ -101,7 +102,7 @@ async def test_openai_errors_map_to_the_sdk_exceptions() -> None:
 
 
 async def test_openai_transport_faults() -> None:
-    async with serve() as server, oai(server.url) as client:
+    async with serve(faults=Faults(slow_seconds=0.2)) as server, oai(server.url) as client:
 
         async def call(fault: str, **kw: Any) -> Any:
             return await client.chat.completions.create(
@@ -114,6 +115,12 @@ async def test_openai_transport_faults() -> None:
             await call("reset")
         with pytest.raises(ValueError):  # truncated JSON
             await call("malformed")
+        start = time.perf_counter()
+        slow = await call("slow")
+        assert time.perf_counter() - start >= 0.15
+        assert slow.choices[0].message.content == expected_reply({"messages": MESSAGES}).text
+        with pytest.raises(openai.APITimeoutError):
+            await call("slow", timeout=0.02)
         with pytest.raises(openai.APIConnectionError):
             stream = await call("reset", stream=True)
             async for _ in stream:
