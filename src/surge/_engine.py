@@ -221,8 +221,14 @@ class Run(Generic[T]):
                     result = self._ready.popleft()
                     self._free_window_place()
                     yield result
-                if self._dispatch_finished and not self._tasks:
-                    break
+                if self._dispatch_finished:
+                    if self._dispatcher.done() and not self._dispatcher.cancelled():
+                        # The source or the tokens= estimate raised: a bug, not a bad item.
+                        dispatch_error = self._dispatcher.exception()
+                        if dispatch_error is not None:
+                            raise dispatch_error
+                    if not self._tasks:
+                        break
                 self._wakeup = loop.create_future()
                 await self._wakeup
             # Whatever dispatch left behind was never sent; say so, one item at a time,

@@ -30,9 +30,12 @@ from surge._exceptions import (
 from surge._results import Event, Result, RunStatistics
 from surge.jobs._model import JobInputError
 from surge.jobs.cache import ResponseCache
+from surge.jobs.formats import read_requests
 from surge.jobs.journal import JobSummary, Journal, Outcome, PendingItem
 from surge.jobs.output import write_outputs
+from surge.jobs.pricing import PriceTable
 from surge.jobs.progress import ProgressDisplay, Snapshot
+from surge.jobs.tokens import estimate_input_tokens
 from surge.providers import Provider, ProviderResponse, make_provider, scrub
 
 DEFAULT_KEY_ENV = {
@@ -133,15 +136,10 @@ def _max_tokens(body: dict[str, Any]) -> int:
 
 class _Job:
     def __init__(self, settings: JobSettings, *, display: ProgressDisplay) -> None:
-        from surge.jobs import formats, pricing
-
         self.settings = settings
         self.display = display
-        self.formats = formats
         self.prices = (
-            pricing.PriceTable.from_file(settings.prices)
-            if settings.prices
-            else pricing.PriceTable.default()
+            PriceTable.from_file(settings.prices) if settings.prices else PriceTable.default()
         )
         self.journal = Journal(settings.journal_path)
         self.cache = (
@@ -155,7 +153,7 @@ class _Job:
         self.reserved_cost: dict[int, float] = {}
         self.spent = 0.0
         self.budget_hit = False
-        self.run: surge.Run[ProviderResponse] | None = None
+        self.run: surge.Run[Any] | None = None
         self.total = 0
         self.finished = 0
         self.failed = 0
@@ -167,7 +165,7 @@ class _Job:
 
     def ingest(self) -> None:
         s = self.settings
-        records = self.formats.read_requests(
+        records = read_requests(
             s.input,
             format=s.format,  # type: ignore[arg-type]
             model=s.model,
@@ -183,13 +181,11 @@ class _Job:
             self.journal.retry_failed()
 
     def estimate_tokens(self, item: PendingItem) -> int:
-        return int(self.formats.estimate_input_tokens(item.body)) + _max_tokens(item.body)
+        return int(estimate_input_tokens(item.body)) + _max_tokens(item.body)
 
     def estimate_cost(self, item: PendingItem) -> float | None:
         model = str(item.body.get("model", ""))
-        return self.prices.estimate(
-            model, self.formats.estimate_input_tokens(item.body), _max_tokens(item.body)
-        )
+        return self.prices.estimate(model, estimate_input_tokens(item.body), _max_tokens(item.body))
 
     def cost_of(self, body: dict[str, Any], input_tokens: int, output_tokens: int) -> float | None:
         return self.prices.cost(str(body.get("model", "")), input_tokens, output_tokens)
@@ -276,7 +272,7 @@ class _Job:
                 status_code=200,
             )
         total = usage.input_tokens if usage else 0
-        weights = [max(1, int(self.formats.estimate_input_tokens(item.body))) for item in pack]
+        weights = [max(1, int(estimate_input_tokens(item.body))) for item in pack]
         shares = [total * w // sum(weights) for w in weights]
         shares[-1] += total - sum(shares)
         out = []
@@ -304,12 +300,13 @@ class _Job:
                     scrub(str(error), self.api_key),
                 )
 
-    def record(self, result: Result[ProviderResponse], pack: Pack) -> None:
+    def record(self, result: Result[Any], pack: Pack) -> None:
         started = None if result.started_at is None else result.started_at + self.wall_offset
         finished = None if result.finished_at is None else result.finished_at + self.wall_offset
-        if result.ok and result.value is not None:
+        response = result.value
+        if result.ok and isinstance(response, ProviderResponse):
             try:
-                parts = self.split(pack, result.value)
+                parts = self.split(pack, response)
             except SurgeError as exc:
                 result = Result(result.index, result.item, "failed", error=exc, attempts=result.attempts,
                                 started_at=result.started_at, finished_at=result.finished_at)  # fmt: skip
@@ -319,7 +316,7 @@ class _Job:
                     self.journal.record(
                         Outcome(
                             custom_id=item.custom_id, state="done", attempts=result.attempts,
-                            status_code=200, request_id=result.value.request_id, response=body,
+                            status_code=200, request_id=response.request_id, response=body,
                             input_tokens=tokens_in, output_tokens=tokens_out, cost=cost,
                             started_at=started, finished_at=finished, latency=result.latency,
                         )

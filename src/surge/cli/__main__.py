@@ -1,0 +1,3 @@
+from surge.cli import main
+
+main()
