@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import platform
 import tempfile
@@ -79,7 +80,7 @@ async def aiometer_polite(url: str, n: int, rpm: int) -> int:
             return await retrying_post(client, url + "/chat/completions", body(i))
 
         statuses = await aiometer.run_all(
-            [lambda i=i: one(i) for i in range(n)], max_at_once=50, max_per_second=rpm / 60
+            [functools.partial(one, i) for i in range(n)], max_at_once=50, max_per_second=rpm / 60
         )
     return sum(s == 200 for s in statuses)
 
