@@ -314,9 +314,7 @@ def derived_id(line: int, content: Any) -> str:
     >>> derived_id(3, {"prompt": "hi"})
     'line-3-14479f4e87d3'
     """
-    canonical = json.dumps(
-        content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    )
+    canonical = _CANONICAL.encode(content)
     return f"line-{line}-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
 
 
@@ -475,6 +473,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One of each, made once: json.loads/json.dumps with options build a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)
+
+
 def _json_line(raw: bytes, line: int, s: _Settings, *, batch_only: bool) -> Request | InputError:
     custom_id: str | None = None
     try:
@@ -483,7 +488,7 @@ def _json_line(raw: bytes, line: int, s: _Settings, *, batch_only: bool) -> Requ
         except UnicodeDecodeError as exc:
             raise _Bad(None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
         try:
-            obj = json.loads(text, parse_constant=_reject_constant)
+            obj = _DECODER.decode(text)
         except json.JSONDecodeError as exc:
             raise _Bad(None, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
         except ValueError as exc:
