@@ -51,7 +51,8 @@ class Admission:
         tickets: list[int] = []
         while True:
             busy = self.inflight + len(tickets)
-            if busy >= self.max_inflight or busy + queued >= queue_limit:
+            # A retried ticket is one the trainer is waiting for: it skips the queue gate.
+            if busy >= self.max_inflight or (busy + queued >= queue_limit and not self.retry):
                 break
             candidate = self.retry[0] if self.retry else self.next_ticket
             if self.min_version(candidate) > version:

@@ -15,6 +15,8 @@ and receives weights (``publish``). The trainer does not know which engine it dr
 from __future__ import annotations
 
 import copy
+import datetime
+import io
 import queue
 import socket
 import threading
@@ -181,6 +183,17 @@ class DistributedWeightSync:
         self.pull_seconds += time.perf_counter() - start
 
 
+def _pack(rollouts: list[Rollout]) -> bytes:
+    """Rollouts as bytes: plain pickles, not shared-memory handles that die with the sender."""
+    buf = io.BytesIO()
+    torch.save([rollout_to_dict(r) for r in rollouts], buf)
+    return buf.getvalue()
+
+
+def _unpack(data: bytes) -> list[Rollout]:
+    return [rollout_from_dict(d) for d in torch.load(io.BytesIO(data), weights_only=True)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -258,7 +271,7 @@ def _process_main(
                 wsync.pull_seconds,
                 gen.weight_updates_in_flight,
             )
-            outbox.put(("ok", [rollout_to_dict(r) for r in rollouts], stats))
+            outbox.put(("ok", _pack(rollouts), stats))
     except BaseException:
         outbox.put(("error", traceback.format_exc(), None))
     finally:
@@ -320,7 +333,7 @@ class ProcessEngine:
             init_method=init_method,
             rank=0,
             world_size=2,
-            timeout=__import__("datetime").timedelta(seconds=timeout),
+            timeout=datetime.timedelta(seconds=timeout),
         )
         self._wsync = DistributedWeightSync(model.state_dict(), peer=1)
         self._on_result, self._on_error = on_result, on_error
@@ -348,7 +361,7 @@ class ProcessEngine:
                 self._on_error(TrainerStopped(f"generator process failed:\n{payload}"))
                 continue
             self._busy, self._pulls, self._pull_s, self._inflight_updates = stats
-            self._on_result([rollout_from_dict(d) for d in payload])
+            self._on_result(_unpack(payload))
 
     def submit(self, tickets: list[int], min_version: int) -> None:
         self._inbox.put(("generate", tickets, min_version))

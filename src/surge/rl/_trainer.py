@@ -148,6 +148,7 @@ class Trainer:
         torch.set_num_threads(train_threads)
         self._stop = False
         self._buffer.error = None
+        self._drop_hopeless()
         engine = self._start_engine(gen_threads)
         feeder: threading.Thread | None = None
         try:
@@ -261,6 +262,21 @@ class Trainer:
                     break
             cond.notify_all()
         return out
+
+    def _drop_hopeless(self) -> None:
+        """Backstop: drop queued rollouts that could only be trained beyond the bound.
+
+        Admission control makes this a no-op in a running trainer; it matters when a
+        queue saved under a looser bound is resumed under a tighter one.
+        """
+        bound = self.config.effective_max_staleness
+        with self._buffer.cond:
+            for r in self._buffer.snapshot():
+                if self._admission.step_of(r.ticket) - r.min_version > bound:
+                    self._buffer.pop(r.ticket)
+                    self.dropped += 1
+                    self._admission.retry.append(r.ticket)
+            self._admission.retry.sort()
 
     def _settle_queue(self) -> None:
         """After the generator stopped: keep the contiguous run of finished tickets."""

@@ -1,0 +1,152 @@
+"""Trainer behaviour: sync == async at staleness 0, the bound, no starvation, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from surge.rl import StepStats, Trainer
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs"
+
+
+def assert_in_order(history: list[StepStats], groups_per_step: int, first_step: int = 0) -> None:
+    """Every ticket trained exactly once, in order: nothing starved, nothing skipped."""
+    tickets = [t for s in history for t in s.tickets]
+    start = first_step * groups_per_step
+    assert tickets == list(range(start, start + len(history) * groups_per_step))
+    assert [s.step for s in history] == list(range(first_step, first_step + len(history)))
+
+
+def test_async_with_staleness_zero_equals_sync_exactly(make_trainer: Any) -> None:
+    sync = make_trainer(mode="sync")
+    sync_stats = sync.train(8)
+    asyn = make_trainer(mode="async", max_staleness=0)
+    async_stats = asyn.train(8)
+    assert_same_weights(weights(sync), weights(asyn))
+    assert [s.reward_mean for s in sync_stats] == [s.reward_mean for s in async_stats]
+    assert all(s.lag_max == 0 for s in async_stats)
+
+
+@pytest.mark.parametrize("bound", [1, 2])
+def test_no_sample_is_trained_beyond_the_bound(make_trainer: Any, bound: int) -> None:
+    trainer = make_trainer(mode="async", max_staleness=bound, in_flight_weight_updates=True)
+    history = trainer.train(12)
+    assert max(s.lag_max for s in history) <= bound
+    assert all(s.lag_min >= 0 for s in history)
+    assert trainer.dropped == 0  # admission control, not dropping, kept the bound
+    assert_in_order(history, trainer.config.groups_per_step)
+
+
+def test_sync_every_two_steps_keeps_the_bound(make_trainer: Any) -> None:
+    trainer = make_trainer(mode="async", max_staleness=1, sync_every=2)
+    history = trainer.train(8)
+    assert max(s.lag_max for s in history) <= 1
+
+
+def test_stale_queue_is_dropped_and_regenerated_on_a_tighter_bound(
+    make_trainer: Any, tmp_path: Path
+) -> None:
+    loose = make_trainer(mode="async", max_staleness=3)
+    loose.train(2)
+    # Leave generated-ahead rollouts queued, then resume them under a bound of 0.
+    ckpt = tmp_path / "loose.pt"
+    loose.save_checkpoint(ckpt)
+    queued = len(torch.load(ckpt, weights_only=False)["queue"])
+    tight = make_trainer(mode="async", max_staleness=0)
+    tight.load_checkpoint(ckpt)
+    history = tight.train(3)
+    assert all(s.lag_max == 0 for s in history)
+    assert_in_order(history, tight.config.groups_per_step, first_step=2)
+    if queued:
+        assert tight.dropped > 0
+
+
+def test_resume_continues_exactly_in_sync_mode(make_trainer: Any, tmp_path: Path) -> None:
+    straight = make_trainer(mode="sync")
+    straight.train(6)
+    first = make_trainer(mode="sync")
+    first.train(3)
+    first.save_checkpoint(tmp_path / "ckpt.pt")
+    resumed = make_trainer(mode="sync", seed=0)
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    assert resumed.version == 3
+    history = resumed.train(3)
+    assert [s.step for s in history] == [3, 4, 5]
+    assert_same_weights(weights(straight), weights(resumed))
+
+
+def test_resume_in_async_mode_keeps_version_and_queue(make_trainer: Any, tmp_path: Path) -> None:
+    trainer = make_trainer(mode="async", max_staleness=2)
+    first = trainer.train(4)
+    trainer.save_checkpoint(tmp_path / "ckpt.pt")
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    queued = [d["ticket"] for d in state["queue"]]
+    gps = trainer.config.groups_per_step
+    assert queued == list(range(4 * gps, 4 * gps + len(queued)))
+    resumed = make_trainer(mode="async", max_staleness=2)
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    second = resumed.train(4)
+    assert_in_order(first + second, gps)
+    assert max(s.lag_max for s in second) <= 2
+    assert resumed.version == 8
+
+
+def test_reward_rises_synchronously(make_trainer: Any) -> None:
+    history = make_trainer(mode="sync").train(200)
+    early = sum(s.reward_mean for s in history[:10]) / 10
+    late = sum(s.reward_mean for s in history[-10:]) / 10
+    assert early < 0.35  # chance is 0.25 with 4 digits
+    assert late > 0.45
+
+
+def test_reward_rises_asynchronously(make_trainer: Any) -> None:
+    history = make_trainer(mode="async", max_staleness=2).train(200)
+    late = sum(s.reward_mean for s in history[-10:]) / 10
+    assert late > 0.45
+    assert max(s.lag_max for s in history) <= 2
+
+
+def test_online_dpo_trains_and_reports(make_trainer: Any) -> None:
+    trainer = make_trainer(mode="async", max_staleness=1, algorithm="online_dpo", lr=1e-2)
+    history = trainer.train(10)
+    assert all(torch.isfinite(torch.tensor(s.loss)) for s in history)
+    assert all(0.0 < s.ess <= 1.0 + 1e-9 for s in history)
+    assert max(s.lag_max for s in history) <= 1
+
+
+def test_stats_are_reported_every_step(make_trainer: Any) -> None:
+    history = make_trainer(mode="async", max_staleness=1, ppo_epochs=2).train(4)
+    for s in history:
+        assert 0.0 <= s.generator_busy <= 1.0 and 0.0 <= s.trainer_busy <= 1.0
+        assert 0.0 <= s.clip_fraction <= 1.0
+        assert s.kl >= 0.0 and s.tokens > 0 and s.weight_sync_seconds >= 0.0
+    assert any(s.clip_fraction > 0 for s in history)  # second epoch moves the ratio
+
+
+def test_process_engine_matches_thread_engine_in_sync_mode(make_trainer: Any) -> None:
+    """The gloo weight path delivers exactly the weights the in-process path does."""
+    threaded = make_trainer(mode="sync")
+    threaded.train(3)
+    process = make_trainer(mode="sync", engine="process")
+    history = process.train(3)
+    assert_same_weights(weights(threaded), weights(process))
+    assert all(s.weight_sync_seconds > 0 for s in history)
+
+
+def test_process_engine_async_keeps_the_bound(make_trainer: Any) -> None:
+    trainer = make_trainer(mode="async", max_staleness=1, engine="process")
+    history = trainer.train(6)
+    assert max(s.lag_max for s in history) <= 1
+    assert_in_order(history, trainer.config.groups_per_step)
