@@ -314,3 +314,44 @@ def test_status_summarises_a_job(sim: surge.sim.SimServer, tmp_path: Path) -> No
     summary = json.loads(out)
     assert (summary["done"], summary["failed"], summary["pending"]) == (5, 1, 0)
     assert summary["failed_by_reason"] == {"bad_request": 1}
+
+
+def test_csv_in_parquet_out(sim: surge.sim.SimServer, tmp_path: Path) -> None:
+    pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
+    source = tmp_path / "docs.csv"
+    source.write_text("doc_id,text\n" + "".join(f"d{i},text number {i}\n" for i in range(8)))
+    output = tmp_path / "out.parquet"
+    report = run(
+        settings_for(
+            sim, tmp_path, source, output=str(output), template="Summarize: {text}",
+            id_column="doc_id", model="sim-small", defaults={"max_tokens": 12},
+        )
+    )  # fmt: skip
+    assert report.summary.done == 8
+    table = pyarrow_parquet.read_table(output).to_pylist()
+    assert [row["custom_id"] for row in table] == [f"d{i}" for i in range(8)]
+    for i, row in enumerate(table):
+        request = {
+            "messages": [{"role": "user", "content": f"Summarize: text number {i}"}],
+            "max_tokens": 12,
+        }
+        answer = json.loads(row["body"])["choices"][0]["message"]["content"]
+        assert answer == surge.sim.expected_reply(request).text
+
+
+def test_completion_order_and_progress_log_lines(tmp_path: Path) -> None:
+    import io
+
+    from surge.jobs.progress import ProgressDisplay
+
+    with surge.sim.serve_in_thread(profile="typical", seed=5) as server:
+        source = write_batch(tmp_path / "in.jsonl", 12)
+        stream = io.StringIO()
+        display = ProgressDisplay(enabled=True, stream=stream, interval=0.2)
+        settings = settings_for(server, tmp_path, source, order="completion", concurrency=12)
+        asyncio.run(run_job(settings, display=display))
+    finished = [x["custom_id"] for x in read_jsonl(tmp_path / "out.jsonl")]
+    assert sorted(finished) == sorted(f"req-{i}" for i in range(12))
+    assert finished != [f"req-{i}" for i in range(12)], "completion order differs from input order"
+    log = stream.getvalue()
+    assert "[surge]" in log and "req/s" in log and "12/12 finished" in log
