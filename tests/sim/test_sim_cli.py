@@ -1,4 +1,7 @@
-"""`surge sim` as a real process: it serves, applies its options and stops on SIGINT."""
+"""`surge sim` as a real process: it serves, applies its options and stops on SIGINT.
+
+The command runs in a subprocess, so these tests never import `surge.cli` themselves.
+"""
 
 from __future__ import annotations
 
@@ -9,64 +12,69 @@ import sys
 
 import httpx
 import pytest
-import typer
 
-from surge.cli._sim import parse_latency
-
-# A group with the one command, so the test does not depend on which other commands exist.
-LAUNCH = """
-import typer
-from surge.cli._sim import sim
-group = typer.Typer()
-group.command("sim")(sim)
-group.callback()(lambda: None)
-group()
-"""
+from surge.sim import Latency
 
 
-def test_parse_latency() -> None:
-    assert parse_latency("0") == {"ttft": 0.0, "per_token": 0.0, "jitter": 0.0}
-    assert parse_latency("0.5,0.01") == {"ttft": 0.5, "per_token": 0.01}
-    with pytest.raises(typer.BadParameter):
-        parse_latency("fast")
-    with pytest.raises(typer.BadParameter):
-        parse_latency("1,2,3,4")
+def test_latency_option_format() -> None:
+    assert Latency.parse("0") == Latency()
+    assert Latency.parse("0.5,0.01") == Latency(ttft=0.5, per_token=0.01)
+    for bad in ("fast", "1,2,3,4", "1,", ""):
+        with pytest.raises(ValueError):
+            Latency.parse(bad)
 
 
-def test_sim_command_serves_until_interrupted() -> None:
-    args = ["sim", "--port", "0", "--rpm", "120", "--fail-5xx", "1", "--seed", "3",
-            "--api-key", "k"]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCH, *args], stderr=subprocess.PIPE, text=True
-    )
+def start(*args: str) -> tuple[subprocess.Popen[str], str, str]:
+    proc = subprocess.Popen([sys.executable, *args], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    banner = ""
+    while "Anthropic" not in banner:
+        line = proc.stderr.readline()
+        if not line:
+            proc.kill()
+            pytest.fail(f"sim exited early: {banner}")
+        banner += line
+    url = re.search(r"http://127\.0\.0\.1:\d+/v1", banner)
+    assert url is not None
+    return proc, url.group(), banner
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_surge_sim_serves_until_interrupted() -> None:
+    options = ["--port", "0", "--rpm", "120", "--fail-5xx", "1", "--seed", "3", "--api-key", "k"]
+    proc, url, banner = start("-c", "from surge.cli import main; main()", "sim", *options)
     try:
-        assert proc.stderr is not None
-        banner = ""
-        while "Anthropic" not in banner:
-            line = proc.stderr.readline()
-            assert line, f"sim exited early: {banner}"
-            banner += line
-        url = re.search(r"http://127\.0\.0\.1:\d+/v1", banner)
-        assert url is not None and "rpm=120" in banner
-        headers = {"authorization": "Bearer k"}
         body = {"messages": [{"role": "user", "content": "hi"}]}
-        r = httpx.post(url.group() + "/chat/completions", json=body, headers=headers)
+        r = httpx.post(url + "/chat/completions", json=body, headers={"x-api-key": "k"})
         assert r.status_code in (500, 502, 503)
         assert r.headers["x-ratelimit-limit-requests"] == "120"
-        r = httpx.post(url.group() + "/chat/completions", json=body)
-        assert r.status_code == 401
+        assert httpx.post(url + "/chat/completions", json=body).status_code == 401
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
-    assert "stopped" in err
+        assert "stopped" in stop(proc)
+    assert "rpm=120" in banner
 
 
-def test_sim_command_rejects_bad_options() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", LAUNCH, "sim", "--profile", "nope"],
-        capture_output=True,
-        text=True,
-        timeout=30,
+def test_python_m_surge_sim_with_a_profile_and_latency() -> None:
+    proc, url, banner = start(
+        "-m", "surge.sim", "--port", "0", "--profile", "typical", "--latency", "0"
     )
-    assert proc.returncode != 0 and "profile" in proc.stderr
+    try:
+        r = httpx.post(url + "/chat/completions", json={"messages": []})
+        assert r.status_code == 200 and r.elapsed.total_seconds() < 0.5
+    finally:
+        stop(proc)
+    assert "profile=typical" in banner
+
+
+@pytest.mark.parametrize("args", [["--profile", "nope"], ["--latency", "soon"]])
+def test_bad_options_are_refused(args: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "surge.sim", *args], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 2, proc.stderr

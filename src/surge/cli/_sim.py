@@ -11,33 +11,13 @@ from rich.console import Console
 
 from surge.cli import app
 
-_HELP = """Serve an OpenAI- and Anthropic-compatible simulator with latency, limits and faults.
-
-Point a client at http://HOST:PORT/v1 (OpenAI SDK base_url) or http://HOST:PORT
-(Anthropic SDK base_url). GET /sim/stats shows what it has seen; POST /sim/reset clears it.
-"""
-
-
-def parse_latency(text: str) -> dict[str, float]:
-    """``TTFT[,PER_TOKEN[,JITTER]]`` in seconds (``0`` = none) as Latency changes.
-
-    Example:
-        >>> parse_latency("0.4,0.016,0.1")
-        {'ttft': 0.4, 'per_token': 0.016, 'jitter': 0.1}
-    """
-    names = ("ttft", "per_token", "jitter")
-    try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError:
-        raise typer.BadParameter(
-            "use TTFT[,PER_TOKEN[,JITTER]] in seconds, e.g. 0.4,0.016,0.1"
-        ) from None
-    if not 1 <= len(values) <= 3:
-        raise typer.BadParameter("use TTFT[,PER_TOKEN[,JITTER]] in seconds, e.g. 0.4,0.016,0.1")
-    changes = dict(zip(names[: len(values)], values, strict=True))
-    if len(values) == 1 and values[0] == 0:
-        changes = {"ttft": 0.0, "per_token": 0.0, "jitter": 0.0}
-    return changes
+_HELP = (
+    "Serve an OpenAI- and Anthropic-compatible simulator with latency, limits and faults."
+    "\n\n"
+    "Point a client at http://HOST:PORT/v1 (OpenAI SDK base_url) or http://HOST:PORT "
+    "(Anthropic SDK base_url). GET /sim/stats shows what it has seen; POST /sim/reset "
+    "clears it."
+)
 
 
 @app.command("sim", help=_HELP)
@@ -56,7 +36,10 @@ def sim(
         float | None, typer.Option(help="Bucket size in seconds of rate (default 10).")
     ] = None,
     latency: Annotated[
-        str | None, typer.Option(help="TTFT[,PER_TOKEN[,JITTER]] in seconds; 0 for none.")
+        str | None,
+        typer.Option(
+            help="TTFT[,PER_TOKEN[,JITTER]] in seconds (replaces the profile's); 0 for none."
+        ),
     ] = None,
     fail_5xx: Annotated[float | None, typer.Option(help="P(500/502/503), split evenly.")] = None,
     fail_hang: Annotated[
@@ -77,7 +60,7 @@ def sim(
         int | None, typer.Option(help="Capacity mode: concurrent slots; latency grows with load.")
     ] = None,
 ) -> None:
-    from surge.sim import PROFILES, Faults, serve
+    from surge.sim import PROFILES, Faults, Latency, serve
     from surge.sim.server import new_event_loop
 
     if profile not in PROFILES:
@@ -98,7 +81,10 @@ def sim(
     if api_key:
         changes["api_keys"] = frozenset(api_key)
     if latency is not None:
-        changes["latency"] = parse_latency(latency)
+        try:
+            changes["latency"] = Latency.parse(latency)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--latency") from None
     faults: dict[str, float] = {}
     if fail_5xx is not None:
         third = Faults.uniform_5xx(fail_5xx)

@@ -54,6 +54,26 @@ class Latency:
             _check_non_negative(name, getattr(self, name))
         _check_probability("tail_p", self.tail_p)
 
+    @classmethod
+    def parse(cls, text: str) -> Latency:
+        """``TTFT[,PER_TOKEN[,JITTER]]`` in seconds, as ``surge sim --latency`` takes it.
+
+        Example:
+            >>> Latency.parse("0.4,0.016,0.1")
+            Latency(ttft=0.4, per_token=0.016, jitter=0.1, tail_p=0.0, tail_factor=4.0)
+        """
+        parts = text.split(",")
+        try:
+            values = [float(part) for part in parts]
+        except ValueError:
+            values = []
+        if not 1 <= len(values) <= 3 or len(parts) != len(values):
+            raise ValueError(
+                f"{text!r} is not TTFT[,PER_TOKEN[,JITTER]] in seconds, e.g. 0.4,0.016"
+            )
+        names = ("ttft", "per_token", "jitter")
+        return cls(**dict(zip(names[: len(values)], values, strict=True)))
+
     @property
     def is_zero(self) -> bool:
         return self.ttft == 0.0 and self.per_token == 0.0
