@@ -72,9 +72,12 @@ def test_python_m_surge_sim_with_a_profile_and_latency() -> None:
     assert "profile=typical" in banner
 
 
-@pytest.mark.parametrize("args", [["--profile", "nope"], ["--latency", "soon"]])
-def test_bad_options_are_refused(args: list[str]) -> None:
+def test_bad_options_are_refused() -> None:
+    # One process: each one pays the CLI's import time; Latency.parse is tested above.
     proc = subprocess.run(
-        [sys.executable, "-m", "surge.sim", *args], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "surge.sim", "--profile", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 2 and "profile" in proc.stderr, proc.stderr
