@@ -31,7 +31,8 @@ nothing from the buckets. No limit configured, no headers.
 
 Replies: ``expected_reply(body)`` (see ``surge.sim.replies``); usage counts
 ``count_tokens(body)`` in and one token per reply word out. A request containing the
-poison marker (``SURGE_POISON``) anywhere in its body always gets 400.
+poison marker (``SURGE_POISON``) anywhere in its body always gets 400. Sampling
+options, ``n`` (always one choice), ``stop``, tools and images are accepted and ignored.
 
 Faults and latency: drawn per request from (seed, content, attempt), see
 ``surge.sim.faults`` and ``plan(body)``. The request header ``x-sim-fault: KIND``
