@@ -55,8 +55,9 @@ class RLConfig:
     - ``engine``: ``"thread"`` runs the generator in a thread of this process, with
       in-process weight sync; ``"process"`` runs it in its own process and pushes weights
       with ``torch.distributed`` (gloo).
-    - ``generator_threads`` / ``trainer_threads``: intra-op threads of each side; default
-      splits the cores in async mode and gives each phase all cores in sync mode.
+    - ``generator_threads`` / ``trainer_threads``: intra-op threads of each side; by
+      default each phase gets every core when they take turns in one process (sync mode,
+      thread engine) and the sides split the cores otherwise.
     """
 
     mode: Mode = "async"
@@ -144,7 +145,11 @@ class RLConfig:
 
     def threads(self, cores: int) -> tuple[int, int]:
         """Intra-op threads for (generator, trainer) given ``cores`` to share."""
-        default = max(1, cores // 2) if self.mode == "async" else max(1, cores)
+        # Phases that take turns in one process may each use every core. Sides that can
+        # run at once split them: OpenMP workers spin for a while after each op, so two
+        # processes with all cores each would fight even while "taking turns".
+        take_turns = self.mode == "sync" and self.engine == "thread"
+        default = max(1, cores) if take_turns else max(1, cores // 2)
         gen = self.generator_threads or default
-        train = self.trainer_threads or (max(1, cores - gen) if self.mode == "async" else default)
+        train = self.trainer_threads or (default if take_turns else max(1, cores - gen))
         return gen, train

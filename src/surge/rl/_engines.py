@@ -176,10 +176,10 @@ class DistributedWeightSync:
         start = time.perf_counter()
         state = model.state_dict()
         with torch.no_grad():
-            for name, shape, part in zip(
-                self._names, self._shapes, self._buf.split(self._numels), strict=True
-            ):
-                state[name].copy_(part.view(shape))
+            offset = 0
+            for name, shape, numel in zip(self._names, self._shapes, self._numels, strict=True):
+                state[name].copy_(self._buf.narrow(0, offset, numel).view(shape))
+                offset += numel
         self.pull_seconds += time.perf_counter() - start
 
 

@@ -62,7 +62,8 @@ class _Block(nn.Module):
         q, k, v = (z.view(shape).transpose(1, 2) for z in (q, k, v))
         att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
-        return x + self.ff2(F.gelu(self.ff1(self.ln2(x))))
+        out: torch.Tensor = x + self.ff2(F.gelu(self.ff1(self.ln2(x))))
+        return out
 
 
 class TinyLM(nn.Module):

@@ -337,7 +337,7 @@ class Trainer:
                     is_cap=cfg.is_cap,
                     total_tokens=total,
                 )
-                out.loss.backward()
+                out.loss.backward()  # type: ignore[no-untyped-call]
                 loss_sum += float(out.loss.detach())
                 clip_sum += out.clip_fraction / len(micro)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -380,7 +380,7 @@ class Trainer:
                 seq = (token_logprobs(self.model, tokens[rows], p_len) * m[rows]).sum(-1)
                 k = valid.numel()
                 loss = dpo_loss(seq[:k], seq[k:], ref[:k], ref[k:], beta=cfg.dpo_beta)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 loss_value = float(loss.detach())
