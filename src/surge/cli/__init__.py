@@ -18,6 +18,8 @@ def _root() -> None:
 
 
 def main() -> None:
+    from surge.cli import _rl  # noqa: F401  (`surge rl`; imports torch only when run)
+
     app()
 
 
