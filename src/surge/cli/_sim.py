@@ -32,6 +32,8 @@ def sim(
     tpm: Annotated[
         int | None, typer.Option(help="Tokens (input + max_tokens) per minute per key.")
     ] = None,
+    itpm: Annotated[int | None, typer.Option(help="Input tokens per minute per key.")] = None,
+    otpm: Annotated[int | None, typer.Option(help="max_tokens per minute per key.")] = None,
     burst_seconds: Annotated[
         float | None, typer.Option(help="Bucket size in seconds of rate (default 10).")
     ] = None,
@@ -59,6 +61,9 @@ def sim(
     capacity: Annotated[
         int | None, typer.Option(help="Capacity mode: concurrent slots; latency grows with load.")
     ] = None,
+    capacity_queue: Annotated[
+        int | None, typer.Option(help="Capacity mode: 503 once this many requests wait.")
+    ] = None,
 ) -> None:
     from surge.sim import PROFILES, Faults, Latency, serve
     from surge.sim.server import new_event_loop
@@ -72,6 +77,9 @@ def sim(
     for name, value in (
         ("rpm", rpm),
         ("tpm", tpm),
+        ("itpm", itpm),
+        ("otpm", otpm),
+        ("capacity_queue", capacity_queue),
         ("burst_seconds", burst_seconds),
         ("seed", seed),
         ("capacity", capacity),
