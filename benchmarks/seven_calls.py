@@ -1,6 +1,7 @@
 """The articles' 7-call comparison, repeated: each mode's wall time against its ideal.
 
-The ideal comes from the latencies the calls actually took in that run (sequential: their
+Seven chat calls over HTTP to the simulator's `typical` profile (~0.85 s each). The
+ideal comes from the latencies the calls actually took in that run (sequential: their
 sum; gather: their max; capped at 2: calls started in order on two slots).
 
     python benchmarks/seven_calls.py [--repeats 5]
@@ -13,7 +14,18 @@ import asyncio
 import platform
 import statistics
 
-from surge.cli._demo import MODES, seven_call_comparison, simulated_latencies
+import surge.sim
+from surge.cli._demo import MODES, ModeTiming, chat_call, seven_call_comparison
+from surge.providers import OpenAIProvider
+
+
+async def one_round(seed: int) -> list[ModeTiming]:
+    async with surge.sim.serve(profile="typical", seed=seed) as server:
+        provider = OpenAIProvider(base_url=server.url, api_key=None)
+        try:
+            return await seven_call_comparison(chat_call(provider, f"round {seed}"))
+        finally:
+            await provider.aclose()
 
 
 def main() -> None:
@@ -24,10 +36,10 @@ def main() -> None:
     args = parser.parse_args()
     by_mode: dict[str, list[tuple[float, float, float]]] = {m: [] for m in MODES}
     for seed in range(args.repeats):
-        for t in asyncio.run(seven_call_comparison(simulated_latencies(seed=seed))):
+        for t in asyncio.run(one_round(seed)):
             by_mode[t.mode].append((t.wall, t.ideal, t.first_result))
     print(
-        f"\n7 simulated calls (~0.85 s), {args.repeats} runs with different seeds "
+        f"\n7 chat calls to the simulator (~0.85 s), {args.repeats} runs with different seeds "
         f"(Python {platform.python_version()}, {platform.machine()})\n"
     )
     print(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -27,9 +29,11 @@ def test_every_mode_meets_its_ideal_on_virtual_time() -> None:
     assert all(t.within_target for t in timings.values())
 
 
-def test_demo_command_prints_the_table() -> None:
-    result = CliRunner().invoke(app, ["demo", "--mean-latency", "0.02"])
+def test_demo_command_runs_all_three_parts(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["demo", "--fast", "--out-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert (
-        "as_completed, capped at 2" in result.output and "faster than sequential" in result.output
-    )
+    assert "as_completed, capped at 2" in result.output
+    assert "faster than sequential" in result.output
+    assert "100 calls at concurrency 50" in result.output
+    assert "done 60/60" in result.output
+    assert len((tmp_path / "demo-output.jsonl").read_text().splitlines()) == 60
