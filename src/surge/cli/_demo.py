@@ -154,10 +154,8 @@ async def many_calls(call: Call, n: int, concurrency: int, console: Console) -> 
     )
 
 
-async def batch_job(out_dir: Path, n: int, console: Console, *, fast: bool) -> Path:
-    from surge.jobs import JobSettings, run_job
-    from surge.jobs.progress import ProgressDisplay
-
+def prepare_batch(out_dir: Path, n: int) -> tuple[Path, Path]:
+    """Write the demo's input file and clear the previous run's outputs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     source = out_dir / "demo-input.jsonl"
     with source.open("w") as handle:
@@ -177,6 +175,14 @@ async def batch_job(out_dir: Path, n: int, console: Console, *, fast: bool) -> P
     output = out_dir / "demo-output.jsonl"
     for stale in (output, Path(f"{output}.journal"), Path(f"{output}.errors.jsonl")):
         stale.unlink(missing_ok=True)
+    return source, output
+
+
+async def batch_job(out_dir: Path, n: int, console: Console, *, fast: bool) -> Path:
+    from surge.jobs import JobSettings, run_job
+    from surge.jobs.progress import ProgressDisplay
+
+    source, output = prepare_batch(out_dir, n)
     rpm = 6000 if fast else 1200
     faults = surge.sim.Faults.uniform_5xx(0.04, reset=0.01, malformed=0.01)
     console.print(
@@ -213,7 +219,7 @@ async def run_demo(*, seed: int, out_dir: Path, fast: bool, console: Console) ->
             await provider.aclose()
     output = await batch_job(out_dir, 60 if fast else 300, console, fast=fast)
     try:
-        from surge.report import build_report  # type: ignore[attr-defined]
+        from surge.report import build_report
     except ImportError:
         console.print("(the HTML report needs surge.report, not installed here)")
         return None
