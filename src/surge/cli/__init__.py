@@ -24,4 +24,4 @@ def main() -> None:
 
 
 # Imported for their side effect: each module registers its commands on `app`.
-from surge.cli import _demo, _run, _sim  # noqa: E402, F401
+from surge.cli import _demo, _report, _run, _sim  # noqa: E402, F401
