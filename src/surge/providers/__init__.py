@@ -8,10 +8,12 @@ scrubbed from any message.
 
 from surge.providers._anthropic import AnthropicProvider
 from surge.providers._base import Provider, ProviderResponse, scrub
+from surge.providers._local import LocalEmbeddingProvider
 from surge.providers._openai import OpenAIProvider
 
 __all__ = [
     "AnthropicProvider",
+    "LocalEmbeddingProvider",
     "OpenAIProvider",
     "Provider",
     "ProviderResponse",
@@ -24,7 +26,9 @@ def make_provider(
     kind: str, *, base_url: str | None, api_key: str | None, max_connections: int = 100
 ) -> Provider:
     """The provider for `surge run --provider KIND`."""
-    if kind in ("openai", "local"):
+    if kind == "local":  # in-process model: no URL, no key, no connections
+        return LocalEmbeddingProvider()
+    if kind == "openai":
         return OpenAIProvider(base_url=base_url, api_key=api_key, max_connections=max_connections)
     if kind == "anthropic":
         return AnthropicProvider(
