@@ -93,3 +93,28 @@ def test_poisoned_requests_are_sent_once(status: int) -> None:
     assert results[2].attempts == 1 and results[2].error.status_code == status  # type: ignore[union-attr]
     assert stats["requests"] == 5
     assert results[0].usage is not None and results[0].usage.output_tokens > 0
+
+
+def test_adaptive_concurrency_settles_near_a_batching_servers_capacity() -> None:
+    """The `vllm` profile publishes no limits: 32 generation slots, slower as load grows."""
+    from surge.providers import OpenAIProvider
+
+    async def main() -> tuple[surge.Results[Any], surge.Limiter, dict[str, Any]]:
+        async with surge.sim.serve(profile="vllm", seed=2) as server:
+            provider = OpenAIProvider(base_url=server.url, api_key=None, max_connections=256)
+
+            async def call(i: int) -> Any:
+                return await provider.send("/v1/chat/completions", chat_body(i))
+
+            limiter = surge.Limiter(concurrency=256, adaptive=True)
+            try:
+                results = await surge.gather(call, range(300), limiter=limiter)
+            finally:
+                await provider.aclose()
+            return results, limiter, server.stats()
+
+    results, limiter, stats = asyncio.run(main())
+    assert all(r.ok for r in results)
+    cap = limiter.concurrency_limit
+    assert cap is not None and 8 <= cap <= 64, cap
+    assert stats["peak_concurrency"] < 128, "slow start stopped well below the ceiling"

@@ -104,9 +104,13 @@ class Permit:
 class _Aimd:
     """Additive-increase / multiplicative-decrease on the concurrency cap, as TCP does on
     its congestion window (RFC 5681): slow start doubles per round trip until the first
-    sign of congestion, then +1 per round trip; a 429 halves the cap, latency above
-    `latency_tolerance` times the best seen cuts it by 10 %. At most one cut per round
-    trip: results of calls started before the last cut carry no news."""
+    sign of congestion, then +1 per round trip. A 429 halves the cap; latency cuts it by
+    10 % when its moving average passes `latency_tolerance` times the lowest average seen
+    (single calls vary with their output length, so only the average is a signal). At
+    most one cut per round trip: calls started before the last cut carry no news."""
+
+    _SMOOTHING = 0.1  # weight of a new sample in the latency average
+    _WARMUP = 10  # samples before the average counts as a baseline
 
     def __init__(self, *, initial: float, ceiling: float, floor: float = 1.0) -> None:
         self.limit = initial
@@ -114,25 +118,27 @@ class _Aimd:
         self.floor = floor
         self.slow_start = True
         self.latency_tolerance = 2.0
-        self._best_latency = math.inf
+        self._average: float | None = None
+        self._samples = 0
+        self._baseline = math.inf
         self._last_cut = -math.inf
 
-    def on_result(
-        self, outcome: Outcome, latency: float | None, started: float, now: float
-    ) -> None:
+    def on_result(self, outcome: Outcome, latency: float | None, started: float, now: float) -> None:
         if outcome == "cancelled":
             return
+        slow = False
         if latency is not None and outcome == "ok":
-            self._best_latency = min(self._best_latency, latency)
-        congested = outcome == "rate_limited" or (
-            latency is not None
-            and outcome == "ok"
-            and latency > self.latency_tolerance * self._best_latency
-        )
-        if congested:
+            if self._average is None:
+                self._average = latency
+            else:
+                self._average += self._SMOOTHING * (latency - self._average)
+            self._samples += 1
+            if self._samples >= self._WARMUP:
+                self._baseline = min(self._baseline, self._average)
+                slow = self._average > self.latency_tolerance * self._baseline
+        if outcome == "rate_limited" or slow:
             if started >= self._last_cut:
-                factor = 0.5 if outcome == "rate_limited" else 0.9
-                self.limit = max(self.floor, self.limit * factor)
+                self.limit = max(self.floor, self.limit * (0.5 if outcome == "rate_limited" else 0.9))
                 self.slow_start = False
                 self._last_cut = now
         elif outcome == "ok":
