@@ -15,9 +15,10 @@ def build_trainer(**overrides: Any) -> Trainer:
     length = overrides.pop("length", 4)
     digits = overrides.pop("digits", 4)
     seed = overrides.get("seed", 0)
+    d_model = overrides.pop("d_model", 32)
     task = ReverseDigits(length=length, digits=digits)
     torch.manual_seed(seed)
-    model = TinyLM(TinyLMConfig(vocab_size=task.vocab_size, d_model=32, d_ff=64))
+    model = TinyLM(TinyLMConfig(vocab_size=task.vocab_size, d_model=d_model, d_ff=2 * d_model))
     cfg: dict[str, Any] = {
         "prompts_per_batch": 4,
         "group_size": 8,

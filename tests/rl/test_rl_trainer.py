@@ -104,17 +104,18 @@ def test_resume_in_async_mode_keeps_version_and_queue(make_trainer: Any, tmp_pat
 
 
 def test_reward_rises_synchronously(make_trainer: Any) -> None:
-    history = make_trainer(mode="sync").train(200)
+    history = make_trainer(mode="sync", d_model=64, prompts_per_batch=8).train(100)
     early = sum(s.reward_mean for s in history[:10]) / 10
     late = sum(s.reward_mean for s in history[-10:]) / 10
-    assert early < 0.35  # chance is 0.25 with 4 digits
-    assert late > 0.45
+    assert early < 0.35  # chance is 0.25 with 4 digits, less while EOS and BOS get sampled
+    assert late > 0.6  # typically 0.99 after 100 steps
 
 
 def test_reward_rises_asynchronously(make_trainer: Any) -> None:
-    history = make_trainer(mode="async", max_staleness=2).train(200)
+    trainer = make_trainer(mode="async", max_staleness=2, d_model=64, prompts_per_batch=8)
+    history = trainer.train(100)
     late = sum(s.reward_mean for s in history[-10:]) / 10
-    assert late > 0.45
+    assert late > 0.6  # typically 0.99; timing decides the lags, so keep a wide margin
     assert max(s.lag_max for s in history) <= 2
 
 
