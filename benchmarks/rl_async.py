@@ -120,6 +120,54 @@ def run_one(name: str, knobs: dict[str, Any], seed: int, args: argparse.Namespac
     return run
 
 
+def phases(args: argparse.Namespace) -> None:
+    """Time one generation batch and one training step at 1 and 2 intra-op threads.
+
+    Sync on 2 cores costs gen(2) + train(2); async at best max(gen(1), train(1)). Their
+    ratio is the ceiling on the async speedup for this model and batch on this machine.
+    """
+    import time
+
+    from surge.rl import Generator
+    from surge.rl._rollout import Rollout
+
+    task = ReverseDigits(length=args.length, digits=args.digits)
+    torch.manual_seed(0)
+    cfg = TinyLMConfig(
+        vocab_size=task.vocab_size,
+        d_model=args.d_model,
+        n_layers=args.layers,
+        d_ff=4 * args.d_model,
+    )
+    model = TinyLM(cfg)
+    rl = RLConfig(prompts_per_batch=args.prompts, group_size=args.group, lr=args.lr)
+    trainer = Trainer(model, task, rl, cores=2)
+    gen = Generator(TinyLM(cfg), task, group_size=args.group, seed=0, refresh=lambda mv: 0)
+    tickets = list(range(args.prompts))
+    batch: list[Rollout] = gen.generate(tickets)
+    out = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for name, fn in (
+            ("gen", lambda: gen.generate(tickets)),
+            ("train", lambda: trainer._update(batch)),
+        ):
+            fn()
+            times = []
+            for _ in range(15):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            out[name, threads] = statistics.median(times)
+            print(f"{name:5s} threads={threads}: {out[name, threads] * 1000:6.1f} ms")
+    sync = out["gen", 2] + out["train", 2]
+    best = max(out["gen", 1], out["train", 1])
+    print(
+        f"sync gen(2)+train(2) = {sync * 1000:.1f} ms; async max(gen(1), train(1)) = "
+        f"{best * 1000:.1f} ms; ceiling on async speedup = {sync / best:.2f}x"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
@@ -135,7 +183,11 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=None, help="substrings of config names")
     p.add_argument("--plot", type=Path, default=Path("benchmarks/figures/rl_async.png"))
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--phases", action="store_true", help="time gen/train at 1 and 2 threads")
     args = p.parse_args()
+    if args.phases:
+        phases(args)
+        return
 
     cfgs = {n: k for n, k in configs().items() if not args.only or any(o in n for o in args.only)}
     runs: dict[str, list[Run]] = {n: [] for n in cfgs}
