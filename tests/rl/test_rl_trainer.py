@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 import torch
 
-from surge.rl import StepStats, Trainer
+from surge.rl import (
+    ReverseDigits,
+    RLConfig,
+    StepStats,
+    TinyLM,
+    TinyLMConfig,
+    Trainer,
+    TrainerStopped,
+)
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -47,12 +55,6 @@ def test_no_sample_is_trained_beyond_the_bound(make_trainer: Any, bound: int) ->
     assert all(s.lag_min >= 0 for s in history)
     assert trainer.dropped == 0  # admission control, not dropping, kept the bound
     assert_in_order(history, trainer.config.groups_per_step)
-
-
-def test_sync_every_two_steps_keeps_the_bound(make_trainer: Any) -> None:
-    trainer = make_trainer(mode="async", max_staleness=1, sync_every=2)
-    history = trainer.train(8)
-    assert max(s.lag_max for s in history) <= 1
 
 
 def test_stale_queue_is_dropped_and_regenerated_on_a_tighter_bound(
@@ -151,3 +153,34 @@ def test_process_engine_async_keeps_the_bound(make_trainer: Any) -> None:
     history = trainer.train(6)
     assert max(s.lag_max for s in history) <= 1
     assert_in_order(history, trainer.config.groups_per_step)
+
+
+class _BrokenTask(ReverseDigits):
+    def reward(self, prompt: list[int], completion: list[int]) -> float:
+        raise RuntimeError("reward model down")
+
+
+def test_a_failing_generator_stops_the_trainer_with_the_cause() -> None:
+    task = _BrokenTask(length=3, digits=4)
+    torch.manual_seed(0)
+    model = TinyLM(TinyLMConfig(vocab_size=task.vocab_size, d_model=16, d_ff=32))
+    trainer = Trainer(model, task, RLConfig(mode="async", prompts_per_batch=2, group_size=2))
+    with pytest.raises(TrainerStopped) as info:
+        trainer.train(3)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert trainer.version == 0
+
+
+def test_weights_are_published_every_sync_every_steps(make_trainer: Any) -> None:
+    trainer = make_trainer(mode="async", max_staleness=1, sync_every=2)
+    seen: list[int] = []
+    original = trainer._publish
+
+    def spy(engine: Any) -> None:
+        seen.append(trainer.version)
+        original(engine)
+
+    trainer._publish = spy  # type: ignore[method-assign]
+    history = trainer.train(6)
+    assert seen == [0, 2, 4, 6]
+    assert max(s.lag_max for s in history) <= 1
