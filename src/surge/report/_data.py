@@ -52,7 +52,8 @@ class JobData:
     finished: FloatArray  # finished_at of done/failed items
     starts: FloatArray  # started_at, finished_at of non-cached items with both
     ends: FloatArray
-    latency: FloatArray  # latency of the last attempt, non-cached items
+    latency: FloatArray  # latency of the answering (last) attempt, non-cached items
+    answered: FloatArray  # finished_at of those same items, in the same order
     token_times: FloatArray  # finished_at of items with tokens, with their tokens/cost
     input_tokens: FloatArray
     output_tokens: FloatArray
@@ -200,6 +201,7 @@ def _load(db: sqlite3.Connection, journal: Path) -> JobData:
     span = max(known, default=origin) - origin
 
     live = "finished_at IS NOT NULL AND NOT cached"
+    answered = f"{live} AND latency IS NOT NULL ORDER BY seq"
     timed = f"{live} AND started_at IS NOT NULL ORDER BY started_at, seq"
     tokens = "finished_at IS NOT NULL AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL)"
     tokens += " ORDER BY finished_at, seq"
@@ -216,7 +218,8 @@ def _load(db: sqlite3.Connection, journal: Path) -> JobData:
         - origin,
         starts=_floats(db, f"SELECT started_at FROM items WHERE {timed}") - origin,
         ends=_floats(db, f"SELECT finished_at FROM items WHERE {timed}") - origin,
-        latency=_floats(db, f"SELECT latency FROM items WHERE {live} AND latency IS NOT NULL"),
+        latency=_floats(db, f"SELECT latency FROM items WHERE {answered}"),
+        answered=_floats(db, f"SELECT finished_at FROM items WHERE {answered}") - origin,
         token_times=_floats(db, f"SELECT finished_at FROM items WHERE {tokens}") - origin,
         input_tokens=_floats(db, f"SELECT COALESCE(input_tokens, 0) FROM items WHERE {tokens}"),
         output_tokens=_floats(db, f"SELECT COALESCE(output_tokens, 0) FROM items WHERE {tokens}"),

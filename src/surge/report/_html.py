@@ -32,16 +32,22 @@ figcaption { color: #555; font-size: .92em; margin-top: .3em; }
 footer { color: #888; font-size: .85em; margin-top: 3em; }
 """
 
-# Marks each plot that decoded, for the headless-browser test (and anyone curious).
+# Marks each plot that decoded, with where it lies on the page, for the headless-browser
+# test: it crops the screenshot to each box and checks that something was drawn there.
 _SCRIPT = """
 window.addEventListener("load", function () {
   var loaded = 0;
   document.querySelectorAll("figure img").forEach(function (img) {
     var ok = img.complete && img.naturalWidth > 0;
+    var box = img.getBoundingClientRect();
     img.setAttribute("data-loaded", ok ? "yes" : "no");
+    img.setAttribute("data-box", [box.left + window.scrollX, box.top + window.scrollY,
+                                  box.width, box.height].map(Math.round).join(","));
     if (ok) { loaded += 1; }
   });
   document.body.setAttribute("data-plots-loaded", String(loaded));
+  document.body.setAttribute("data-page-height",
+                             String(document.documentElement.scrollHeight));
 });
 """
 
