@@ -6,7 +6,9 @@ at an equal number of steps. Every run uses the same two cores:
 
 - sync, colocated: generator and trainer take turns, each phase with 2 intra-op threads;
 - sync, split: generator process (1 thread) and trainer (1 thread) take turns;
-- async k: generator process (1 thread) and trainer (1 thread) overlap, lag <= k.
+- async k: generator process (1 thread) and trainer (1 thread) overlap, lag <= k;
+- async k=2 in one process: generator thread and trainer thread (1 intra-op thread
+  each) overlap only where torch releases the GIL.
 
 Wall time starts after the generator process is up (spawn + import torch, ~2 s, is not
 training). Reward is the batch mean, smoothed over a 10-step window.
@@ -86,6 +88,13 @@ def configs() -> dict[str, dict[str, Any]]:
                 "trainer_threads": 1,
             }
             for k in (1, 2, 4)
+        },
+        "async k=2 (1+1 threads, 1 proc)": {
+            "mode": "async",
+            "max_staleness": 2,
+            "engine": "thread",
+            "generator_threads": 1,
+            "trainer_threads": 1,
         },
     }
 
@@ -265,7 +274,7 @@ def plot(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
         print("matplotlib not installed; skipping the plot", file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colors = ["#444444", "#999999", "#1f77b4", "#2ca02c", "#d62728"]
+    colors = ["#444444", "#999999", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"]
     for color, (name, rs) in zip(colors, runs.items(), strict=False):
         for i, r in enumerate(rs):
             ax.plot(

@@ -263,3 +263,15 @@ def test_ppo_clip_stops_the_gradient_past_the_trust_region() -> None:
     out.loss.backward()  # type: ignore[no-untyped-call]
     assert logp.grad is not None and float(logp.grad) == 0.0
     assert out.clip_fraction == 1.0
+
+
+def test_incremental_decoding_matches_the_full_forward() -> None:
+    model = _model().eval()
+    x = torch.randint(0, 14, (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(x)
+        logits, cache = model.prefill(x[:, :5])
+        assert torch.allclose(logits, full[:, 4], atol=1e-5)
+        for i in range(5, 9):
+            logits, cache = model.decode(x[:, i], cache)
+            assert torch.allclose(logits, full[:, i], atol=1e-5)

@@ -16,6 +16,8 @@ from torch import nn
 
 __all__ = ["TinyLM", "TinyLMConfig", "token_logprobs"]
 
+KV = tuple[torch.Tensor, torch.Tensor]
+
 
 @dataclass(frozen=True)
 class TinyLMConfig:
@@ -55,15 +57,20 @@ class _Block(nn.Module):
         self.ff1 = nn.Linear(cfg.d_model, cfg.d_ff)
         self.ff2 = nn.Linear(cfg.d_ff, cfg.d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, past: KV | None = None) -> tuple[torch.Tensor, KV]:
+        """``x`` holds new positions only; ``past`` the keys/values of earlier ones."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
         shape = (b, t, self.n_heads, d // self.n_heads)
         q, k, v = (z.view(shape).transpose(1, 2) for z in (q, k, v))
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        # Without a cache the queries are every position: causal mask. With one, the new
+        # query (one token) may see every cached position.
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=past is None and t > 1)
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
         out: torch.Tensor = x + self.ff2(F.gelu(self.ff1(self.ln2(x))))
-        return out
+        return out, (k, v)
 
 
 class TinyLM(nn.Module):
@@ -99,12 +106,37 @@ class TinyLM(nn.Module):
                 f"sequence of {t} tokens exceeds max_len={self.config.max_len}. "
                 "HINT: raise TinyLMConfig.max_len."
             )
-        pos = torch.arange(t, device=tokens.device)
+        logits, _ = self._run(tokens, None)
+        return logits
+
+    def _run(self, tokens: torch.Tensor, cache: list[KV] | None) -> tuple[torch.Tensor, list[KV]]:
+        start = 0 if cache is None else cache[0][0].shape[2]
+        pos = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x = self.tok(tokens) + self.pos(pos)
-        for block in self.blocks:
-            x = block(x)
+        new_cache: list[KV] = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, None if cache is None else cache[i])
+            new_cache.append(kv)
         out: torch.Tensor = self.head(self.ln_f(x))
-        return out
+        return out, new_cache
+
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[KV]]:
+        """Logits of the last position and the key/value cache, for incremental decoding.
+
+        Generation then costs one position per token instead of the whole prefix: the
+        generator uses ``prefill``/``decode`` when a model has them, ``forward`` otherwise.
+        """
+        if tokens.shape[1] > self.config.max_len:
+            raise ValueError(f"prompt of {tokens.shape[1]} tokens exceeds max_len")
+        logits, cache = self._run(tokens, None)
+        return logits[:, -1], cache
+
+    def decode(self, token: torch.Tensor, cache: list[KV]) -> tuple[torch.Tensor, list[KV]]:
+        """Logits after appending ``token`` (``[B]``) to the cached sequence."""
+        if cache[0][0].shape[2] >= self.config.max_len:
+            raise ValueError(f"sequence exceeds max_len={self.config.max_len}")
+        logits, cache = self._run(token[:, None], cache)
+        return logits[:, -1], cache
 
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())

@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -140,13 +141,26 @@ class Generator:
         mask = torch.zeros(n, steps, dtype=torch.bool)
         alive = torch.ones(n, dtype=torch.bool)
         seq = rows
+        prefill: Any = getattr(self.model, "prefill", None)
+        decode: Any = getattr(self.model, "decode", None)
+        incremental = callable(prefill) and callable(decode)
+        cache: Any = None
         for i in range(steps):
             if self.in_flight_weight_updates and i > 0:
                 new = self._refresh(-1)
                 if new != self.version:
+                    # The cached keys/values of earlier tokens stay as the old weights made
+                    # them (as PipelineRL does); the new token's version says which weights
+                    # chose it.
                     self.weight_updates_in_flight += 1
                     self.version = new
-            logits = torch.log_softmax(self.model(seq)[:, -1].float(), dim=-1)
+            if not incremental:
+                raw = self.model(seq)[:, -1]
+            elif cache is None:
+                raw, cache = prefill(seq)
+            else:
+                raw, cache = decode(seq[:, -1], cache)
+            logits = torch.log_softmax(raw.float(), dim=-1)
             tok = torch.argmax(logits + noise[:, i], dim=-1)
             tok = torch.where(alive, tok, torch.full_like(tok, task.pad_id))
             out[:, i] = tok
