@@ -25,6 +25,7 @@ from surge.rl._engines import DistributedWeightSync, Engine, ProcessEngine, Thre
 from surge.rl._errors import RLError, TrainerStopped, WeightSyncTimeout
 from surge.rl._losses import dpo_loss, group_advantages, grpo_loss, offpolicy_metrics
 from surge.rl._model import TinyLM, TinyLMConfig, token_logprobs
+from surge.rl._openai import OpenAIEngine, WeightPusher, disk_weight_pusher
 from surge.rl._rollout import Generator, Rollout
 from surge.rl._task import ReverseDigits, Task
 from surge.rl._trainer import StepStats, Trainer
@@ -35,6 +36,7 @@ __all__ = [
     "Engine",
     "Generator",
     "InProcessWeightSync",
+    "OpenAIEngine",
     "ProcessEngine",
     "RLConfig",
     "RLError",
@@ -47,9 +49,11 @@ __all__ = [
     "TinyLMConfig",
     "Trainer",
     "TrainerStopped",
+    "WeightPusher",
     "WeightSync",
     "WeightSyncStats",
     "WeightSyncTimeout",
+    "disk_weight_pusher",
     "dpo_loss",
     "group_advantages",
     "grpo_loss",

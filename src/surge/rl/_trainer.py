@@ -24,7 +24,7 @@ from torch import nn
 
 from surge.rl._admission import Admission, RolloutBuffer
 from surge.rl._config import RLConfig
-from surge.rl._engines import Engine, ProcessEngine, ThreadEngine
+from surge.rl._engines import Engine, OnError, OnResult, ProcessEngine, ThreadEngine
 from surge.rl._errors import TrainerStopped
 from surge.rl._losses import dpo_loss, group_advantages, grpo_loss, offpolicy_metrics
 from surge.rl._model import token_logprobs
@@ -77,6 +77,11 @@ class Trainer:
         trainer = Trainer(model, task, RLConfig(mode="async", max_staleness=2))
         for stats in trainer.run(steps=100):
             print(stats.step, stats.reward_mean, stats.lag_max)
+
+    ``cores`` is the CPU budget the generator and trainer share (default: this process's
+    affinity). ``engine_factory`` replaces the built-in engines: it receives the trainer's
+    result and error callbacks and returns an :class:`~surge.rl.Engine`, for example an
+    :class:`~surge.rl.OpenAIEngine` in front of a vLLM server.
     """
 
     def __init__(
@@ -86,11 +91,13 @@ class Trainer:
         config: RLConfig | None = None,
         *,
         cores: int | None = None,
+        engine_factory: Callable[[OnResult, OnError], Engine] | None = None,
     ) -> None:
         self.model = model
         self.task = task
         self.config = config or RLConfig()
         self.cores = cores or max(1, len(os.sched_getaffinity(0)))
+        self.engine_factory = engine_factory
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=0.0)
         self.ref_model: nn.Module | None = None
         if self.config.algorithm == "online_dpo":
@@ -184,6 +191,8 @@ class Trainer:
             torch.set_num_threads(saved_threads)
 
     def _start_engine(self, threads: int) -> Engine:
+        if self.engine_factory is not None:
+            return self.engine_factory(self._on_result, self._buffer.fail)
         cfg = self.config
         kind = ProcessEngine if cfg.engine == "process" else ThreadEngine
         return kind(
