@@ -62,8 +62,22 @@ def stats(url: str) -> dict[str, Any]:
 def write_input(path: Path, n: int) -> None:
     with path.open("w") as handle:
         for i in range(n):
-            body = {"model": "sim-small", "messages": [{"role": "user", "content": f"Item {i}: one word."}], "max_tokens": 8}
-            handle.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}) + "\n")
+            body = {
+                "model": "sim-small",
+                "messages": [{"role": "user", "content": f"Item {i}: one word."}],
+                "max_tokens": 8,
+            }
+            handle.write(
+                json.dumps(
+                    {
+                        "custom_id": f"r{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": body,
+                    }
+                )
+                + "\n"
+            )
 
 
 def surge_run(source: Path, output: Path, url: str, *extra: str) -> subprocess.Popen[bytes]:
@@ -85,13 +99,19 @@ def memory(sizes: list[int], concurrency: int) -> None:
             _, status, usage = os.wait4(process.pid, 0)
             elapsed = time.perf_counter() - start
             lines = sum(1 for _ in output.open()) if output.exists() else 0
-            rows.append((n, os.waitstatus_to_exitcode(status), lines, usage.ru_maxrss / 1024, elapsed))
-    print(f"\n`surge run` peak RSS by input size (zero-latency simulator in its own process, "
-          f"concurrency {concurrency}; Python {platform.python_version()}, {platform.machine()})\n")
+            rows.append(
+                (n, os.waitstatus_to_exitcode(status), lines, usage.ru_maxrss / 1024, elapsed)
+            )
+    print(
+        f"\n`surge run` peak RSS by input size (zero-latency simulator in its own process, "
+        f"concurrency {concurrency}; Python {platform.python_version()}, {platform.machine()})\n"
+    )
     print("| lines     | exit | output lines | peak RSS (MB) | vs smallest | seconds | req/s  |")
     print("|-----------|------|--------------|---------------|-------------|---------|--------|")
     for n, code, lines, rss, elapsed in rows:
-        print(f"| {n:9,} | {code:4} | {lines:12,} | {rss:13.1f} | {rss / rows[0][3]:10.2f}x | {elapsed:7.1f} | {n / elapsed:6.0f} |")
+        print(
+            f"| {n:9,} | {code:4} | {lines:12,} | {rss:13.1f} | {rss / rows[0][3]:10.2f}x | {elapsed:7.1f} | {n / elapsed:6.0f} |"
+        )
     print(f"\nreproduce: python benchmarks/job_scale.py memory --sizes {' '.join(map(str, sizes))}")
 
 
@@ -104,7 +124,10 @@ def done_count(journal: Path) -> int:
 
 
 def resume(n: int, concurrency: int, rpm: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp, simulator("--profile", "typical", "--rpm", str(rpm), "--tpm", "10000000") as url:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        simulator("--profile", "typical", "--rpm", str(rpm), "--tpm", "10000000") as url,
+    ):
         source, output = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
         write_input(source, n)
         args = ("--concurrency", str(concurrency), "--rpm", str(rpm))
@@ -122,17 +145,29 @@ def resume(n: int, concurrency: int, rpm: int) -> None:
     ok = sim["by_status"].get("200", 0)
     resent = ok - n
     ids = [x["custom_id"] for x in lines]
-    print(f"\nResume after SIGKILL at 50 %: {n:,} requests, typical latency, {rpm} RPM, "
-          f"concurrency {concurrency} (Python {platform.python_version()}, {platform.machine()})\n")
-    print("| done at kill | output lines | duplicates | missing | 200s served | re-sent (paid twice) | bound (concurrency) |")
-    print("|--------------|--------------|------------|---------|-------------|----------------------|---------------------|")
-    print(f"| {at_kill:12,} | {len(lines):12,} | {len(ids) - len(set(ids)):10} | {n - len(set(ids)):7} | "
-          f"{ok:11,} | {resent:20} | {concurrency:19} |")
-    print(f"\nreproduce: python benchmarks/job_scale.py resume --requests {n} --concurrency {concurrency} --rpm {rpm}")
+    print(
+        f"\nResume after SIGKILL at 50 %: {n:,} requests, typical latency, {rpm} RPM, "
+        f"concurrency {concurrency} (Python {platform.python_version()}, {platform.machine()})\n"
+    )
+    print(
+        "| done at kill | output lines | duplicates | missing | 200s served | re-sent (paid twice) | bound (concurrency) |"
+    )
+    print(
+        "|--------------|--------------|------------|---------|-------------|----------------------|---------------------|"
+    )
+    print(
+        f"| {at_kill:12,} | {len(lines):12,} | {len(ids) - len(set(ids)):10} | {n - len(set(ids)):7} | "
+        f"{ok:11,} | {resent:20} | {concurrency:19} |"
+    )
+    print(
+        f"\nreproduce: python benchmarks/job_scale.py resume --requests {n} --concurrency {concurrency} --rpm {rpm}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     mem = sub.add_parser("memory")
     mem.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])

@@ -89,7 +89,12 @@ async def surge_run(url: str, n: int, rpm: int, workdir: Path) -> int:
     source = workdir / "input.jsonl"
     with source.open("w") as handle:
         for i in range(n):
-            line = {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body(i)}
+            line = {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": body(i),
+            }
             handle.write(json.dumps(line) + "\n")
     settings = JobSettings(
         input=str(source), output=str(workdir / "out.jsonl"), base_url=url, concurrency=50,
@@ -99,7 +104,9 @@ async def surge_run(url: str, n: int, rpm: int, workdir: Path) -> int:
     return report.summary.done
 
 
-async def measure(name: str, contender: Callable[[str], Awaitable[int]], limits: dict[str, Any]) -> Outcome:
+async def measure(
+    name: str, contender: Callable[[str], Awaitable[int]], limits: dict[str, Any]
+) -> Outcome:
     async with surge.sim.serve(profile="typical", seed=1, **limits) as server:
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -126,22 +133,36 @@ async def main_async(args: argparse.Namespace) -> None:
             "gather + Semaphore(50)": lambda url: hand_written(url, n, rpm),
             "aiometer max_per_second": lambda url: aiometer_polite(url, n, rpm),
         }
-        outcomes = await asyncio.gather(*(measure(name, fn, limits) for name, fn in contenders.items()))
-    print(f"\nRate-limit utilisation: {n:,} requests, simulator at {rpm} RPM / {args.tpm:,} TPM, "
-          f"burst {burst:.0f} requests, ~0.85 s calls (Python {platform.python_version()}, {platform.machine()})")
+        outcomes = await asyncio.gather(
+            *(measure(name, fn, limits) for name, fn in contenders.items())
+        )
+    print(
+        f"\nRate-limit utilisation: {n:,} requests, simulator at {rpm} RPM / {args.tpm:,} TPM, "
+        f"burst {burst:.0f} requests, ~0.85 s calls (Python {platform.python_version()}, {platform.machine()})"
+    )
     print(f"physical limit: (N - burst) / rate = {physical:.1f} s to admit the last request\n")
-    print("| contender               | ok    | wall s | wall / physical | util. after 10 s | 429 share of responses |")
-    print("|-------------------------|-------|--------|-----------------|------------------|------------------------|")
+    print(
+        "| contender               | ok    | wall s | wall / physical | util. after 10 s | 429 share of responses |"
+    )
+    print(
+        "|-------------------------|-------|--------|-----------------|------------------|------------------------|"
+    )
     for o in outcomes:
         total = o.stats["requests"]
         rejected = o.stats["by_status"].get("429", 0)
-        print(f"| {o.name:23} | {o.ok:5,} | {o.wall:6.1f} | {o.wall / physical:15.3f} | "
-              f"{utilisation(o.stats, rpm / 60):16.1%} | {rejected / total:22.1%} |")
-    print(f"\nreproduce: python benchmarks/rate_limit.py --requests {n} --rpm {rpm} --tpm {args.tpm}")
+        print(
+            f"| {o.name:23} | {o.ok:5,} | {o.wall:6.1f} | {o.wall / physical:15.3f} | "
+            f"{utilisation(o.stats, rpm / 60):16.1%} | {rejected / total:22.1%} |"
+        )
+    print(
+        f"\nreproduce: python benchmarks/rate_limit.py --requests {n} --rpm {rpm} --tpm {args.tpm}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rpm", type=int, default=600)
     parser.add_argument("--tpm", type=int, default=100_000)

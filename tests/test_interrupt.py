@@ -44,6 +44,11 @@ def test_ctrl_c_cancels_in_flight_calls_without_warnings() -> None:
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
-    assert sorted(out.split("\n")[:4]) == ["cancelled 0", "cancelled 1", "cancelled 2", "cancelled 3"]
+    assert sorted(out.split("\n")[:4]) == [
+        "cancelled 0",
+        "cancelled 1",
+        "cancelled 2",
+        "cancelled 3",
+    ]
     assert "interrupted" in out
     assert "Task was destroyed" not in err and "never awaited" not in err, err

@@ -123,7 +123,9 @@ class _Aimd:
         self._baseline = math.inf
         self._last_cut = -math.inf
 
-    def on_result(self, outcome: Outcome, latency: float | None, started: float, now: float) -> None:
+    def on_result(
+        self, outcome: Outcome, latency: float | None, started: float, now: float
+    ) -> None:
         if outcome == "cancelled":
             return
         slow = False
@@ -138,7 +140,9 @@ class _Aimd:
                 slow = self._average > self.latency_tolerance * self._baseline
         if outcome == "rate_limited" or slow:
             if started >= self._last_cut:
-                self.limit = max(self.floor, self.limit * (0.5 if outcome == "rate_limited" else 0.9))
+                self.limit = max(
+                    self.floor, self.limit * (0.5 if outcome == "rate_limited" else 0.9)
+                )
                 self.slow_start = False
                 self._last_cut = now
         elif outcome == "ok":

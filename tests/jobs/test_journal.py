@@ -14,12 +14,20 @@ from surge.jobs.output import write_outputs
 
 
 def chat(custom_id: str, line: int, text: str = "hi") -> Request:
-    return Request(custom_id, line, "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": text}]})
+    return Request(
+        custom_id,
+        line,
+        "/v1/chat/completions",
+        {"model": "m", "messages": [{"role": "user", "content": text}]},
+    )
 
 
 def test_ingest_makes_every_line_pending_in_input_order(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j")
-    journal.ingest([chat("b", 1), chat("a", 2), InputError("in.jsonl", 3, "bad JSON"), chat("c", 4)], source="in.jsonl")
+    journal.ingest(
+        [chat("b", 1), chat("a", 2), InputError("in.jsonl", 3, "bad JSON"), chat("c", 4)],
+        source="in.jsonl",
+    )
     assert [p.custom_id for p in journal.pending(chunk=2)] == ["b", "a", "c"]
     summary = journal.summary()
     assert (summary.total, summary.pending, summary.invalid) == (4, 3, 1)
@@ -68,7 +76,9 @@ def test_results_are_committed_in_small_transactions(tmp_path: Path) -> None:
 def test_retry_failed_puts_failures_back(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j")
     journal.ingest([chat("a", 1), chat("b", 2)], source="in")
-    journal.record(Outcome("a", "failed", 6, status_code=503, error_code="server_error", error="HTTP 503"))
+    journal.record(
+        Outcome("a", "failed", 6, status_code=503, error_code="server_error", error="HTTP 503")
+    )
     journal.commit()
     assert journal.summary().failed_by_reason == {"server_error": 1}
     assert journal.retry_failed() == 1
@@ -77,9 +87,14 @@ def test_retry_failed_puts_failures_back(tmp_path: Path) -> None:
 
 def test_outputs_follow_the_batch_format_one_line_per_input(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j")
-    journal.ingest([chat("a", 1), InputError("in", 2, "expected an object", field="body"), chat("c", 3)], source="in")
+    journal.ingest(
+        [chat("a", 1), InputError("in", 2, "expected an object", field="body"), chat("c", 3)],
+        source="in",
+    )
     journal.record(Outcome("c", "done", 1, status_code=200, request_id="req-1", response={"x": 1}))
-    journal.record(Outcome("a", "failed", 1, status_code=400, error_code="bad_request", error="HTTP 400: no"))
+    journal.record(
+        Outcome("a", "failed", 1, status_code=400, error_code="bad_request", error="HTTP 400: no")
+    )
     journal.commit()
     output, errors = write_outputs(journal, tmp_path / "out.jsonl")
     lines = [json.loads(x) for x in output.read_text().splitlines()]
@@ -87,7 +102,10 @@ def test_outputs_follow_the_batch_format_one_line_per_input(tmp_path: Path) -> N
     assert lines[2]["response"] == {"status_code": 200, "request_id": "req-1", "body": {"x": 1}}
     assert lines[2]["error"] is None and lines[2]["id"].startswith("batch_req_")
     assert lines[0]["error"] == {"code": "bad_request", "message": "HTTP 400: no"}
-    assert lines[1]["response"] is None and "in:2: body: expected an object" in lines[1]["error"]["message"]
+    assert (
+        lines[1]["response"] is None
+        and "in:2: body: expected an object" in lines[1]["error"]["message"]
+    )
     reasons = [json.loads(x)["reason"] for x in errors.read_text().splitlines()]
     assert reasons == ["bad_request", "invalid_input"]
     completion = write_outputs(journal, tmp_path / "by-completion.jsonl", order="completion")[0]

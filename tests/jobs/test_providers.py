@@ -30,7 +30,10 @@ def test_openai_provider_round_trip() -> None:
 
     reply = asyncio.run(main())
     assert reply.value.status_code == 200
-    assert reply.value.body["choices"][0]["message"]["content"] == surge.sim.expected_reply(body()).text
+    assert (
+        reply.value.body["choices"][0]["message"]["content"]
+        == surge.sim.expected_reply(body()).text
+    )
     assert reply.usage is not None and reply.usage.output_tokens > 0
     assert reply.headers is not None and "x-ratelimit-remaining-requests" in reply.headers
 
@@ -68,8 +71,21 @@ def test_anthropic_provider_translates_chat_requests() -> None:
 
 
 def test_chat_to_messages_lifts_the_system_prompt() -> None:
-    out = chat_to_messages({"model": "m", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]})
-    assert out == {"model": "m", "system": "be brief", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1024}
+    out = chat_to_messages(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi"},
+            ],
+        }
+    )
+    assert out == {
+        "model": "m",
+        "system": "be brief",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1024,
+    }
 
 
 @pytest.mark.parametrize(
