@@ -4,7 +4,8 @@ Trains the tiny transformer on ReverseDigits with GRPO, synchronously and asynch
 at max_staleness 1, 2 and 4, and reports wall time to a fixed reward and the final reward
 at an equal number of steps. Every run uses the same two cores:
 
-- sync, colocated: generator and trainer take turns, each phase with 2 intra-op threads;
+- sync, colocated: generator and trainer take turns, each phase with 2 (or 1) intra-op
+  threads — 1 can win on a busy machine, where a descheduled OpenMP worker stalls every op;
 - sync, split: generator process (1 thread) and trainer (1 thread) take turns;
 - async k: generator process (1 thread) and trainer (1 thread) overlap, lag <= k;
 - async k=2 in one process: generator thread and trainer thread (1 intra-op thread
@@ -72,6 +73,12 @@ def configs() -> dict[str, dict[str, Any]]:
             "engine": "thread",
             "generator_threads": 2,
             "trainer_threads": 2,
+        },
+        "sync, colocated (1 thread/phase)": {
+            "mode": "sync",
+            "engine": "thread",
+            "generator_threads": 1,
+            "trainer_threads": 1,
         },
         "sync, split (1+1 procs)": {
             "mode": "sync",
@@ -188,7 +195,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--only", nargs="*", default=None, help="substrings of config names")
     p.add_argument("--plot", type=Path, default=Path("benchmarks/figures/rl_async.png"))
     p.add_argument("--json", type=Path, default=None)
@@ -274,7 +281,7 @@ def plot(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
         print("matplotlib not installed; skipping the plot", file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colors = ["#444444", "#999999", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"]
+    colors = ["#000000", "#777777", "#bbbbbb", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"]
     for color, (name, rs) in zip(colors, runs.items(), strict=False):
         for i, r in enumerate(rs):
             ax.plot(

@@ -46,6 +46,10 @@ class RLConfig:
       trainer's own policy at the start of the step, truncated importance weights against
       the behaviour policy that sampled the tokens, as in AReaL's decoupled objective) or
       ``"online_dpo"`` (best vs worst completion of each group against a frozen reference).
+    - ``decoupled``: True takes the PPO ratio against the proximal policy and corrects
+      staleness with truncated importance weights (AReaL); False takes it against the
+      behaviour policy (classic PPO, TRL's async GRPO), so the clip alone bounds how far
+      stale samples pull the policy.
     - ``ppo_epochs``: passes over each batch (``num_iterations`` / mu in TRL).
     - ``clip_eps`` (PPO epsilon), ``is_cap`` (truncation C of importance weights, as in
       truncated IS / TIS), ``dpo_beta``.
@@ -71,7 +75,8 @@ class RLConfig:
     grad_accum: int = 1
     group_size: int = 8
     ppo_epochs: int = 1
-    lr: float = 3e-3
+    decoupled: bool = True
+    lr: float = 1e-3
     clip_eps: float = 0.2
     is_cap: float = 2.0
     dpo_beta: float = 0.1

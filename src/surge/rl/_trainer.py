@@ -336,6 +336,10 @@ class Trainer:
                 mb_prox = prox[mb] if prox is not None else logp.detach()
                 if epoch == 0:
                     prox_parts.append(mb_prox)
+                if not cfg.decoupled:
+                    # Classic PPO with the behaviour policy as the old policy: the clip
+                    # itself bounds how far stale samples can pull the policy.
+                    mb_prox = behaviour[mb]
                 out = grpo_loss(
                     logp,
                     mb_prox,
