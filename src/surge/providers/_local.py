@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from surge._exceptions import BadRequestError, FatalError, ServerError
+from surge._exceptions import BadRequestError, FatalError, ServerError, TransportError
 from surge._feedback import Reply
 from surge._results import Usage
 from surge.providers._base import ProviderResponse
@@ -191,7 +191,10 @@ class LocalEmbeddingProvider:
             await asyncio.wait([self._batcher])
             self._batcher = None
         for job in self._pending:
-            job.future.cancel()
+            if not job.future.done():
+                job.future.set_exception(
+                    TransportError("the local embedding provider was closed before answering")
+                )
         self._pending.clear()
         self._pending_texts = 0
         if self._executor is not None:
@@ -253,6 +256,14 @@ class LocalEmbeddingProvider:
         self._largest = max(self._largest, size)
         try:
             bodies = await loop.run_in_executor(self._executor, self._answer, batch)
+        except asyncio.CancelledError:
+            # aclose() mid-encode: answer the callers rather than leave them waiting.
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(
+                        TransportError("the local embedding provider was closed mid-encode")
+                    )
+            raise
         except Exception as exc:
             for job in batch:
                 if not job.future.done():
