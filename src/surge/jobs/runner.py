@@ -346,6 +346,16 @@ class _Job:
 
     provider: Provider | None = None
 
+    def open_provider(self) -> None:
+        """Before anything is sent: a provider that cannot be built is bad input (exit 2)."""
+        s = self.settings
+        try:
+            self.provider = make_provider(
+                s.provider, base_url=s.base_url, api_key=self.api_key, max_connections=s.concurrency
+            )
+        except (ImportError, ValueError) as exc:
+            raise JobInputError(str(exc)) from None
+
     async def execute(self) -> tuple[str, str | None, RunStatistics | None]:
         s = self.settings
         loop = asyncio.get_running_loop()
@@ -355,9 +365,7 @@ class _Job:
         self.finished = summary.done
         self.failed = summary.failed
         self.spent = summary.cost
-        self.provider = make_provider(
-            s.provider, base_url=s.base_url, api_key=self.api_key, max_connections=s.concurrency
-        )
+        assert self.provider is not None, "open_provider() first"
         limiter = surge.Limiter(concurrency=s.concurrency, rpm=s.rpm, tpm=s.tpm)
         stream = surge.as_completed(
             self.call,
@@ -489,7 +497,8 @@ async def run_job(settings: JobSettings, *, display: ProgressDisplay | None = No
                     f"--max-cost needs a price for every model; none known for {sorted(unknown)}. "
                     "HINT: pass --prices FILE with their prices per million tokens."
                 )
-        run_id = job.journal.start_run({k: v for k, v in asdict(settings).items()})
+        job.open_provider()
+        run_id = job.journal.start_run(asdict(settings))
         with display:
             outcome, reason, stats = await job.execute()
         job.journal.end_run(run_id, outcome)
