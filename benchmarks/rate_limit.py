@@ -122,6 +122,36 @@ def utilisation(stats: dict[str, Any], rate: float, skip: float = 10.0) -> float
     return sum(window) / (rate * len(window)) if window else float("nan")
 
 
+def plot(outcomes: list[Outcome], rate: float, path: Path) -> None:
+    """Admitted requests per second over time, one line per contender, in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (admitted_axis, refused_axis) = plt.subplots(
+        2, 1, figsize=(10, 6.5), sharex=True, height_ratios=(3, 1.3)
+    )
+    for o in outcomes:
+        timeline = o.stats["timeline"]
+        seconds = [row["second"] for row in timeline]
+        admitted_axis.plot(
+            seconds, [r["started"] - r["rate_limited"] for r in timeline], label=o.name
+        )
+        refused_axis.plot(seconds, [r["rate_limited"] for r in timeline], label=o.name)
+    admitted_axis.axhline(rate, color="black", linestyle="--", linewidth=1, label="limit")
+    admitted_axis.set_ylabel("requests admitted / s")
+    admitted_axis.set_ylim(0, rate * 3)
+    admitted_axis.legend(loc="upper right")
+    admitted_axis.set_title("Rate-limit utilisation (burst of 10 s of rate allowed at the start)")
+    refused_axis.set_ylabel("429s / s")
+    refused_axis.set_xlabel("seconds since start")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 async def main_async(args: argparse.Namespace) -> None:
     n, rpm = args.requests, args.rpm
     limits = {"rpm": rpm, "tpm": args.tpm, "burst_seconds": 10.0}
@@ -154,6 +184,9 @@ async def main_async(args: argparse.Namespace) -> None:
             f"| {o.name:23} | {o.ok:5,} | {o.wall:6.1f} | {o.wall / physical:15.3f} | "
             f"{utilisation(o.stats, rpm / 60):16.1%} | {rejected / total:22.1%} |"
         )
+    if args.plot:
+        plot(outcomes, rpm / 60, Path(args.plot))
+        print(f"\nplot: {args.plot}")
     print(
         f"\nreproduce: python benchmarks/rate_limit.py --requests {n} --rpm {rpm} --tpm {args.tpm}"
     )
@@ -166,6 +199,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rpm", type=int, default=600)
     parser.add_argument("--tpm", type=int, default=100_000)
+    parser.add_argument("--plot", default="benchmarks/figures/rate_limit.png", help="'' for none")
     asyncio.run(main_async(parser.parse_args()))
 
 
