@@ -349,20 +349,14 @@ def test_breaking_out_of_as_completed_cancels_the_rest() -> None:
         return x
 
     async def main() -> float:
-        stream = surge.as_completed(call, [3.0, 1.0, 2.0, 4.0], concurrency=3)
-        async with contextlib_aclosing(stream.__aiter__()) as results:
+        async with surge.as_completed(call, [3.0, 1.0, 2.0, 4.0], concurrency=3) as results:
             async for r in results:
+                assert r.value is not None
                 return r.value
         raise AssertionError("no result")
 
     assert run(main()) == 1.0
     assert cancelled == 2
-
-
-def contextlib_aclosing(agen: Any) -> Any:
-    import contextlib
-
-    return contextlib.aclosing(agen)
 
 
 def test_map_from_a_plain_script() -> None:

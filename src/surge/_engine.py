@@ -15,7 +15,15 @@ import logging
 import random
 import sys
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sized
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sized,
+)
 from typing import Any, Generic, TypedDict, TypeVar, cast
 
 from typing_extensions import Unpack
@@ -145,7 +153,7 @@ class Run(Generic[T]):
         self._window = None if ceiling is None else ceiling * _WINDOW_PER_SLOT
 
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._consumed = False
+        self._iterator: AsyncGenerator[Result[T], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         self._dispatch_finished = False
@@ -169,10 +177,30 @@ class Run(Generic[T]):
     # -- public ----------------------------------------------------------------------
 
     def __aiter__(self) -> AsyncIterator[Result[T]]:
-        if self._consumed:
+        if self._iterator is not None:
             raise RuntimeError("a Run can be iterated once; call as_completed() again")
-        self._consumed = True
-        return self._results()
+        self._iterator = self._results()
+        return self._iterator
+
+    async def aclose(self) -> None:
+        """Cancel whatever is still in flight and wait for it; idempotent.
+
+        Leaving an `async for` early (break, return, an exception) leaves the rest to the
+        garbage collector; `async with` closes the run at once instead::
+
+            async with surge.as_completed(call, items) as results:
+                async for r in results:
+                    if r.ok:
+                        break
+        """
+        if self._iterator is not None:
+            await self._iterator.aclose()
+
+    async def __aenter__(self) -> Run[T]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def stop(self, reason: str = "stopped") -> None:
         """Stop dispatching: items in flight finish; the rest come back not_started."""
@@ -208,7 +236,7 @@ class Run(Generic[T]):
 
     # -- consumer side ---------------------------------------------------------------
 
-    async def _results(self) -> AsyncIterator[Result[T]]:
+    async def _results(self) -> AsyncGenerator[Result[T], None]:
         loop = self._loop = asyncio.get_running_loop()
         self._started_at = loop.time()
         self._source = _enumerate(self._items)

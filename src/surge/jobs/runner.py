@@ -391,24 +391,32 @@ class _Job:
                     f"\n[yellow]Interrupted: no new requests; waiting up to {INTERRUPT_GRACE:.0f}s "
                     "for those in flight. Ctrl-C again to stop now.[/]"
                 )
-                loop.call_later(INTERRUPT_GRACE, consumer.cancel)
+                grace.append(loop.call_later(INTERRUPT_GRACE, consumer.cancel))
             else:
                 consumer.cancel()
 
+        grace: list[asyncio.TimerHandle] = []
         installed = _install_sigint(loop, on_sigint)
         ticker = loop.create_task(self._tick(stream))
         outcome = "complete"
         try:
-            async for result in stream:
-                pack = self.in_flight.pop(result.index, ())
-                self.reserved_cost.pop(result.index, None)
-                if pack:
-                    self.record(result, pack)
+            async with stream:
+                async for result in stream:
+                    if result.status == "not_started":
+                        # Dispatch stopped and all in flight has finished; the rest stays
+                        # pending in the journal, so there is no need to list it.
+                        break
+                    pack = self.in_flight.pop(result.index, ())
+                    self.reserved_cost.pop(result.index, None)
+                    if pack:
+                        self.record(result, pack)
         except asyncio.CancelledError:
             if not interrupted:
                 raise
             outcome = "interrupted"
         finally:
+            for handle in grace:
+                handle.cancel()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
