@@ -26,6 +26,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,6 @@ def phases(args: argparse.Namespace) -> None:
     Sync on 2 cores costs gen(2) + train(2); async at best max(gen(1), train(1)). Their
     ratio is the ceiling on the async speedup for this model and batch on this machine.
     """
-    import time
-
     from surge.rl import Generator
     from surge.rl._rollout import Rollout
 
@@ -184,6 +183,41 @@ def phases(args: argparse.Namespace) -> None:
     )
 
 
+def _matmul_loop(out: Any) -> None:
+    torch.set_num_threads(1)
+    a, b = torch.randn(128, 128), torch.randn(128, 128)
+    start = time.perf_counter()
+    for _ in range(4000):
+        a @ b
+    out.put(time.perf_counter() - start)
+
+
+def scaling() -> None:
+    """How much compute two single-threaded torch processes get at once on this machine.
+
+    Overlap can only pay off as far as the machine runs two such processes in parallel;
+    on a VM whose two vCPUs share a busy host this can be far below 2x.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for k in (1, 2):
+        q: Any = ctx.Queue()
+        procs = [ctx.Process(target=_matmul_loop, args=(q,)) for _ in range(k)]
+        for proc in procs:
+            proc.start()
+        times = [q.get() for _ in procs]
+        for proc in procs:
+            proc.join()
+        if k == 1:
+            alone = times[0]
+        else:
+            print(
+                f"matmul loop: alone {alone:.2f}s, two at once {max(times):.2f}s -> "
+                f"aggregate throughput {2 * alone / max(times):.2f}x of one process"
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
@@ -200,9 +234,13 @@ def main() -> None:
     p.add_argument("--plot", type=Path, default=Path("benchmarks/figures/rl_async.png"))
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--phases", action="store_true", help="time gen/train at 1 and 2 threads")
+    p.add_argument("--scaling", action="store_true", help="parallel throughput of 2 procs")
     args = p.parse_args()
     if args.phases:
         phases(args)
+        return
+    if args.scaling:
+        scaling()
         return
 
     cfgs = {n: k for n, k in configs().items() if not args.only or any(o in n for o in args.only)}
@@ -255,7 +293,11 @@ def main() -> None:
             "finals": finals,
         }
     cmd = "python benchmarks/rl_async.py " + " ".join(sys.argv[1:])
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    load = os.getloadavg()[0]
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"load average at the end {load:.2f}"
+    )
     print(f"reproduce: {cmd.strip()}")
     if args.json:
         args.json.write_text(

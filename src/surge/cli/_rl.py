@@ -82,6 +82,7 @@ def demo(
     digits: int = typer.Option(4, min=2, max=10, help="Distinct digits (chance = 1/digits)."),
     engine: str = typer.Option("process", help="process (generator in its own process) or thread."),
     seed: int = typer.Option(0, help="Seed for weights, prompts and sampling."),
+    target: float = typer.Option(0.8, help="Reward level to time (10-step mean)."),
 ) -> None:
     """Train the demo task both ways and print reward against wall time."""
     try:
@@ -112,16 +113,8 @@ def demo(
             console=console,
         )
     table = Table(title="surge rl demo")
-    for col in (
-        "run",
-        "wall",
-        "s/step",
-        "reward first 10",
-        "reward last 10",
-        "max lag",
-        "gen busy",
-        "train busy",
-    ):
+    cols = ("run", "wall", "s/step", f"to {target:g}", "reward@10", "reward@end", "lag")
+    for col in (*cols, "gen", "train"):
         table.add_column(col, justify="right" if col != "run" else "left")
     for name, hist in runs.items():
         last, first = hist[-10:], hist[:10]
@@ -130,6 +123,7 @@ def demo(
             "sync (turns)" if name == "sync" else f"async k={max_staleness}",
             f"{wall:.1f}s",
             f"{wall / len(hist):.3f}",
+            _fmt(_time_to(hist, target)),
             f"{sum(s.reward_mean for s in first) / len(first):.3f}",
             f"{sum(s.reward_mean for s in last) / len(last):.3f}",
             str(max(s.lag_max for s in hist)),
@@ -140,4 +134,20 @@ def demo(
     console.print("reward@10/@end: mean of the first/last 10 steps; gen/train: busy fraction.")
     if len(runs) == 2:
         ratio = runs["sync"][-1].wall_seconds / runs["async"][-1].wall_seconds
-        console.print(f"async took {1 / ratio:.2f}x the wall time of sync for {steps} steps.")
+        line = f"{steps} steps: async {ratio:.2f}x faster than sync"
+        t_sync, t_async = _time_to(runs["sync"], target), _time_to(runs["async"], target)
+        if t_sync is not None and t_async is not None:
+            line += f"; to reward {target:g}: {t_sync / t_async:.2f}x"
+        console.print(line + ".")
+
+
+def _time_to(history: list[StepStats], target: float) -> float | None:
+    """Wall seconds until the 10-step mean reward first reaches ``target``."""
+    for i in range(9, len(history)):
+        if sum(s.reward_mean for s in history[i - 9 : i + 1]) / 10 >= target:
+            return history[i].wall_seconds
+    return None
+
+
+def _fmt(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}s"
