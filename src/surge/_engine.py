@@ -149,7 +149,7 @@ class Run(Generic[T]):
         self._stop_when = options.get("stop_when")
         self._on_event = options.get("on_event")
         self._rng = random.Random(options.get("seed"))
-        ceiling = self._limiter._concurrency
+        ceiling = self._limiter.max_concurrency
         self._window = None if ceiling is None else ceiling * _WINDOW_PER_SLOT
 
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -323,6 +323,11 @@ class Limiter:
     # -- introspection ---------------------------------------------------------------
 
     @property
+    def max_concurrency(self) -> int | None:
+        """The configured cap (the ceiling, under adaptive concurrency)."""
+        return self._concurrency
+
+    @property
     def concurrency_limit(self) -> int | None:
         if self._aimd is not None:
             return max(1, int(self._aimd.limit))
