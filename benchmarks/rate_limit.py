@@ -10,6 +10,11 @@ follows one call latency later. Utilisation after the first 10 s is the admitted
 over the rest of the dispatch time, against the limit.
 
     python benchmarks/rate_limit.py [--requests 2000] [--rpm 600] [--tpm 100000]
+
+Peers that pin conflicting versions (bespokelabs-curator, LiteLLM's Router) run in
+their own venvs: `bash benchmarks/peers/setup.sh` makes them under .peers/, and each
+is driven by benchmarks/peers/*_driver.py in a subprocess against its own simulator
+here (skipped, with a note, where its venv is missing; --peers-dir to look elsewhere).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import platform
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -104,6 +110,60 @@ async def surge_run(url: str, n: int, rpm: int, workdir: Path) -> int:
     return report.summary.done
 
 
+PEERS: dict[str, tuple[str, str, list[str]]] = {  # name: venv, driver, extra arguments
+    "curator": ("curator-venv", "curator_driver.py", []),
+    "LiteLLM Router": ("litellm-venv", "litellm_driver.py", []),
+    "LiteLLM usage-based-v2": (
+        "litellm-venv", "litellm_driver.py", ["--routing-strategy", "usage-based-routing-v2"]
+    ),
+}  # fmt: skip
+
+
+class Peer:
+    """A peer library in its own venv (benchmarks/peers/setup.sh), driven as a subprocess.
+
+    ``start`` waits until the driver has imported everything and says ``ready``; the
+    call then hands it the simulator's URL, so its clock starts where the others' do.
+    """
+
+    def __init__(self, python: Path, driver: Path, argv: list[str]) -> None:
+        self.command = [str(python), str(driver), "--base-url", "-", *argv]
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        line = await self.process.stdout.readline()
+        if line.strip() != b"ready":
+            _, err = await self.process.communicate()
+            raise RuntimeError(f"{self.command[1]} did not start: {err.decode()[-2000:]}")
+
+    async def __call__(self, url: str) -> int:
+        assert self.process is not None
+        out, err = await self.process.communicate(url.encode() + b"\n")
+        lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+        if self.process.returncode or not lines:
+            raise RuntimeError(f"{self.command[1]} failed: {err.decode()[-2000:]}")
+        return int(json.loads(lines[-1])["ok"])
+
+
+async def start_peers(peers_dir: Path, n: int, rpm: int, tpm: int) -> dict[str, Peer]:
+    here = Path(__file__).parent / "peers"
+    argv = ["--requests", str(n), "--rpm", str(rpm), "--tpm", str(tpm), "--api-key", "sk-peer"]
+    peers: dict[str, Peer] = {}
+    for name, (venv, driver, extra) in PEERS.items():
+        python = peers_dir / venv / "bin" / "python"
+        if not python.exists():
+            print(f"skipping {name}: no {python} (run benchmarks/peers/setup.sh)")
+            continue
+        peers[name] = Peer(python, here / driver, argv + extra)
+    await asyncio.gather(*(peer.start() for peer in peers.values()))
+    return peers
+
+
 async def measure(
     name: str, contender: Callable[[str], Awaitable[int]], limits: dict[str, Any]
 ) -> Outcome:
@@ -163,6 +223,7 @@ async def main_async(args: argparse.Namespace) -> None:
             "gather + Semaphore(50)": lambda url: hand_written(url, n, rpm),
             "aiometer max_per_second": lambda url: aiometer_polite(url, n, rpm),
         }
+        contenders.update(await start_peers(Path(args.peers_dir), n, rpm, args.tpm))
         outcomes = await asyncio.gather(
             *(measure(name, fn, limits) for name, fn in contenders.items())
         )
@@ -199,6 +260,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rpm", type=int, default=600)
     parser.add_argument("--tpm", type=int, default=100_000)
+    parser.add_argument(
+        "--peers-dir", default=os.environ.get("SURGE_PEERS_DIR", ".peers"),
+        help="venvs made by benchmarks/peers/setup.sh; a missing one is skipped",
+    )  # fmt: skip
     parser.add_argument("--plot", default="benchmarks/figures/rate_limit.png", help="'' for none")
     asyncio.run(main_async(parser.parse_args()))
 
