@@ -67,6 +67,13 @@ class Run:
         return sum(self.rewards[-WINDOW:]) / len(self.rewards[-WINDOW:])
 
 
+def _short(name: str) -> str:
+    """'sync, colocated (2 threads/phase)' -> 'sync 2thr'; 'sync, split (...)' -> 'sync split'."""
+    if "split" in name:
+        return "sync split"
+    return "sync " + name.split("(")[1].split(" ")[0] + "thr"
+
+
 def configs() -> dict[str, dict[str, Any]]:
     return {
         "sync, colocated (2 threads/phase)": {
@@ -260,7 +267,7 @@ def main() -> None:
     base_names = [n for n in cfgs if n.startswith("sync")]
     header = (
         f"| config | s/step | time to reward {args.target} (median) | speedup vs "
-        + " / ".join(n.split(" (")[0] for n in base_names)
+        + " / ".join(_short(n) for n in base_names)
         + f" | final reward @ {args.steps} steps (mean ± sd) | max lag | gen busy | train busy | min ESS |"
     )
     print(header)
