@@ -41,7 +41,8 @@ from surge._feedback import (
     extract_usage,
     parse_rate_limit_headers,
 )
-from surge._limits import Limiter, Permit
+from surge._limits import Estimate, Limiter, Permit
+from surge._limits import total_tokens as _total
 from surge._results import Event, Result, Results, RunStatistics, Usage
 from surge._retry import RetryPolicy, Wait, classify, full_jitter
 
@@ -63,7 +64,7 @@ class RunOptions(TypedDict, total=False):
     rpm: float | None
     tpm: float | None
     limiter: Limiter | None
-    tokens: Callable[[Any], float] | None
+    tokens: Callable[[Any], Estimate] | None
     max_retries: int
     backoff: Wait
     retry: RetryPolicy | None
@@ -312,9 +313,10 @@ class Run(Generic[T]):
                         self._window_waiter = loop.create_future()
                         await self._window_waiter
                 index, item = pending
-                estimate = float(self._tokens(item)) if self._tokens is not None else 0.0
+                estimate = self._tokens(item) if self._tokens is not None else 0.0
                 if self._token_budget is not None and (
-                    self._usage.total_tokens + self._reserved + estimate > self._token_budget
+                    self._usage.total_tokens + self._reserved + _total(estimate)
+                    > self._token_budget
                 ):
                     self.stop("token_budget")
                 if self._stop_reason is not None:
@@ -323,7 +325,7 @@ class Run(Generic[T]):
                     estimate
                 )
                 self._live += 1
-                self._reserved += estimate
+                self._reserved += _total(estimate)
                 task = loop.create_task(self._run_item(index, item, permit, estimate))
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
@@ -352,7 +354,7 @@ class Run(Generic[T]):
         for task in list(self._tasks):
             task.cancel()
 
-    async def _run_item(self, index: int, item: Any, permit: Permit, estimate: float) -> None:
+    async def _run_item(self, index: int, item: Any, permit: Permit, estimate: Estimate) -> None:
         assert self._loop is not None
         loop = self._loop
         first_start = loop.time()
@@ -406,7 +408,9 @@ class Run(Generic[T]):
                 self._limiter.release(
                     permit,
                     outcome="ok",
-                    usage_tokens=usage.total_tokens if usage is not None else estimate,
+                    usage_tokens=usage.total_tokens if usage is not None else _total(estimate),
+                    input_tokens=usage.input_tokens if usage is not None else None,
+                    output_tokens=usage.output_tokens if usage is not None else None,
                     latency=latency,
                     hints=hints,
                 )
@@ -427,7 +431,7 @@ class Run(Generic[T]):
                 first_start,
             )
         finally:
-            self._reserved -= estimate
+            self._reserved -= _total(estimate)
 
     async def _attempt(self, item: Any) -> Any:
         if self._timeout is None:

@@ -17,12 +17,15 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from surge._feedback import LimitHint, RateLimitHints
+from surge._feedback import RateLimitHints
 
 Outcome = Literal["ok", "rate_limited", "error", "cancelled"]
+Estimate = float | Mapping[str, float]
+"""A call's token cost: one number (for a TPM bucket), or per dimension: "tokens",
+"input_tokens", "output_tokens" (Anthropic counts input and output separately)."""
 
 # Timers may fire a hair early (loop clock resolution) and float sums drift; a wait this
 # short counts as no wait, so a timer never re-arms itself in a tight loop.
@@ -54,10 +57,6 @@ class TokenBucket:
         bucket and then drive the level negative, so the long-run rate still holds."""
         missing = min(amount, self.capacity) - self.level(now)
         return 0.0 if missing <= _EPSILON else missing / self.rate
-
-    def take(self, amount: float, now: float) -> None:
-        self._level = self.level(now) - amount
-        self._updated = now
 
     def give(self, amount: float, now: float) -> None:
         """Return (or, if negative, charge) tokens: settling an estimate against real usage."""
@@ -94,10 +93,11 @@ class LimiterStatistics:
 
 @dataclass(slots=True)
 class Permit:
-    """Permission for one attempt: a concurrency slot plus reserved tokens."""
+    """Permission for one attempt: a concurrency slot plus what it reserved per bucket."""
 
-    tokens: float
+    tokens: Estimate
     granted_at: float
+    reserved: dict[str, float] = field(default_factory=dict)
     released: bool = False
 
 
@@ -158,7 +158,10 @@ class Limiter:
 
     - `concurrency`: most calls in flight at once (the ceiling, when `adaptive=True`).
     - `rpm`, `tpm`: per-minute limits. Without them, the limiter adopts whatever the
-      provider publishes in `x-ratelimit-*` headers.
+      provider publishes in `x-ratelimit-*` / `anthropic-ratelimit-*` headers.
+    - `itpm`, `otpm`: Anthropic-style input- and output-token limits. Output tokens are
+      only known once a call ends, so these buckets are charged with real usage after
+      the fact and hold new calls back while they are in debt.
     - `burst`: seconds of rate the buckets may spend at once before the server has
       said how much it allows.
     - `max_burst`: seconds of rate the buckets may grow to when the server reports a
@@ -174,6 +177,8 @@ class Limiter:
         concurrency: int | None = None,
         rpm: float | None = None,
         tpm: float | None = None,
+        itpm: float | None = None,
+        otpm: float | None = None,
         burst: float = 1.0,
         max_burst: float | None = None,
         adaptive: bool = False,
@@ -182,6 +187,8 @@ class Limiter:
         _check_positive("concurrency", concurrency)
         _check_positive("rpm", rpm)
         _check_positive("tpm", tpm)
+        _check_positive("itpm", itpm)
+        _check_positive("otpm", otpm)
         _check_positive("burst", burst)
         _check_positive("max_burst", max_burst)
         if adaptive and concurrency is None:
@@ -189,7 +196,12 @@ class Limiter:
                 "adaptive=True needs a ceiling. HINT: pass concurrency=N, the most calls "
                 "in flight you would ever allow; the limiter finds the best cap below it."
             )
-        self._user_rate = {"requests": rpm, "tokens": tpm}
+        self._user_rate = {
+            "requests": rpm,
+            "tokens": tpm,
+            "input_tokens": itpm,
+            "output_tokens": otpm,
+        }
         self._burst = burst
         self._max_burst = max_burst
         self._follow_headers = follow_headers
@@ -201,9 +213,10 @@ class Limiter:
         self._concurrency = concurrency
         self._in_flight = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
-        self._rate_waiters: deque[tuple[float, asyncio.Future[float]]] = deque()
+        self._rate_waiters: deque[tuple[Estimate, asyncio.Future[dict[str, float]]]] = deque()
         self._buckets: dict[str, TokenBucket] = {}
         self._burst_learned: set[str] = set()
+        self._expected: dict[str, float] = {}  # moving average of input/output usage per call
         self._paused_until = -math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -212,7 +225,7 @@ class Limiter:
 
     # -- acquiring -------------------------------------------------------------------
 
-    def try_acquire(self, tokens: float = 0) -> Permit | None:
+    def try_acquire(self, tokens: Estimate = 0) -> Permit | None:
         """A permit now, if a slot and the rate allow it without waiting; else None.
 
         Never jumps the queue: with anyone waiting, it answers None.
@@ -226,12 +239,12 @@ class Limiter:
         now = loop.time()
         if self._can_take(tokens, now) > 0.0:
             return None
-        self._take(tokens, now)
+        reserved = self._take(tokens, now)
         self._in_flight += 1
         self._granted += 1
-        return Permit(tokens, now)
+        return Permit(tokens, now, reserved)
 
-    async def acquire(self, tokens: float = 0) -> Permit:
+    async def acquire(self, tokens: Estimate = 0) -> Permit:
         """Wait for a concurrency slot, then for rate; return the permit to `release`."""
         permit = self.try_acquire(tokens)
         if permit is not None:
@@ -239,12 +252,12 @@ class Limiter:
         loop = self._bind()
         await self._acquire_slot(loop)
         try:
-            await self._acquire_rate(loop, tokens)
+            reserved = await self._acquire_rate(loop, tokens)
         except BaseException:
             self._release_slot()
             raise
         self._granted += 1
-        return Permit(tokens=tokens, granted_at=loop.time())
+        return Permit(tokens, loop.time(), reserved)
 
     def release(
         self,
@@ -252,19 +265,33 @@ class Limiter:
         *,
         outcome: Outcome = "ok",
         usage_tokens: float | None = None,
+        input_tokens: float | None = None,
+        output_tokens: float | None = None,
         latency: float | None = None,
         hints: RateLimitHints | None = None,
     ) -> None:
         """Hand the slot back and settle: refund or charge the difference between the
         reserved tokens and what the call really used (all of it if it failed before the
-        provider counted anything), then learn from the provider's headers."""
+        provider counted anything), charge input/output token buckets with the real
+        usage, then learn from the provider's headers."""
         if permit.released:
             return
         permit.released = True
         now = self._now()
-        bucket = self._buckets.get("tokens")
-        if bucket is not None:
-            unused = permit.tokens - (usage_tokens or 0.0)
+        used = {"requests": 1.0, "tokens": usage_tokens or 0.0}
+        for name, actual in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+            if actual is not None:
+                used[name] = actual
+                previous = self._expected.get(name)
+                self._expected[name] = (
+                    actual if previous is None else previous + 0.2 * (actual - previous)
+                )
+            elif outcome == "ok":
+                used[name] = permit.reserved.get(name, 0.0)  # succeeded, usage unknown
+        for name, bucket in self._buckets.items():
+            if name == "requests":
+                continue
+            unused = permit.reserved.get(name, 0.0) - used.get(name, 0.0)
             if unused:
                 bucket.give(unused, now)
         if outcome == "rate_limited":
@@ -295,7 +322,9 @@ class Limiter:
         if not self._follow_headers:
             return
         now = self._now()
-        for name, hint in _local_dimensions(hints.dimensions).items():
+        for name, hint in hints.dimensions.items():
+            if name not in self._user_rate:
+                continue
             user_rate = self._user_rate[name]
             bucket = self._buckets.get(name)
             if hint.limit is not None and hint.limit > 0:
@@ -402,51 +431,60 @@ class Limiter:
                 self._in_flight += 1
                 waiter.set_result(None)
 
-    async def _acquire_rate(self, loop: asyncio.AbstractEventLoop, tokens: float) -> None:
+    async def _acquire_rate(
+        self, loop: asyncio.AbstractEventLoop, tokens: Estimate
+    ) -> dict[str, float]:
         now = loop.time()
         if not self._rate_waiters and self._can_take(tokens, now) == 0.0:
-            self._take(tokens, now)
-            return
-        waiter: asyncio.Future[float] = loop.create_future()
+            return self._take(tokens, now)
+        waiter: asyncio.Future[dict[str, float]] = loop.create_future()
         self._rate_waiters.append((tokens, waiter))
         self._schedule()
         try:
-            await waiter
+            return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._refund(tokens)
+                self._refund(waiter.result())
             else:
                 self._rate_waiters = deque(w for w in self._rate_waiters if w[1] is not waiter)
                 self._schedule()
             raise
 
-    def _can_take(self, tokens: float, now: float) -> float:
+    def _amount(self, name: str, bucket: TokenBucket, tokens: Estimate) -> float:
+        """What one call takes from a bucket: one request, the caller's estimate, or,
+        for an input/output bucket without one, the usage calls have had on average."""
+        if name == "requests":
+            return 1.0
+        if name == "tokens":
+            return total_tokens(tokens)
+        if isinstance(tokens, Mapping) and name in tokens:
+            return float(tokens[name])
+        return min(self._expected.get(name, 0.0), bucket.capacity)
+
+    def _can_take(self, tokens: Estimate, now: float) -> float:
         """Seconds until a request of `tokens` may start (0.0: now)."""
         delay = self._paused_until - now
-        requests = self._buckets.get("requests")
-        if requests is not None:
-            delay = max(delay, requests.delay(1.0, now))
-        token_bucket = self._buckets.get("tokens")
-        if token_bucket is not None and tokens > 0:
-            delay = max(delay, token_bucket.delay(tokens, now))
+        for name, bucket in self._buckets.items():
+            wait = bucket.delay(self._amount(name, bucket, tokens), now)
+            if wait > delay:
+                delay = wait
         return 0.0 if delay <= _EPSILON else delay
 
-    def _take(self, tokens: float, now: float) -> None:
-        requests = self._buckets.get("requests")
-        if requests is not None:
-            requests.take(1.0, now)
-        token_bucket = self._buckets.get("tokens")
-        if token_bucket is not None:
-            token_bucket.take(tokens, now)
+    def _take(self, tokens: Estimate, now: float) -> dict[str, float]:
+        reserved = {}
+        for name, bucket in self._buckets.items():
+            amount = self._amount(name, bucket, tokens)
+            if amount:
+                bucket.give(-amount, now)
+                reserved[name] = amount
+        return reserved
 
-    def _refund(self, tokens: float) -> None:
+    def _refund(self, reserved: dict[str, float]) -> None:
         now = self._now()
-        requests = self._buckets.get("requests")
-        if requests is not None:
-            requests.give(1.0, now)
-        token_bucket = self._buckets.get("tokens")
-        if token_bucket is not None:
-            token_bucket.give(tokens, now)
+        for name, amount in reserved.items():
+            bucket = self._buckets.get(name)
+            if bucket is not None:
+                bucket.give(amount, now)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -467,19 +505,16 @@ class Limiter:
                 self._timer = self._loop.call_at(now + delay, self._schedule)
                 return
             self._rate_waiters.popleft()
-            self._take(tokens, now)
-            waiter.set_result(now)
+            waiter.set_result(self._take(tokens, now))
 
 
-def _local_dimensions(dimensions: Mapping[str, LimitHint]) -> dict[str, LimitHint]:
-    """Map the provider's dimensions onto the two local buckets."""
-    out: dict[str, LimitHint] = {}
-    if "requests" in dimensions:
-        out["requests"] = dimensions["requests"]
-    tokens = dimensions.get("tokens", dimensions.get("input_tokens"))
-    if tokens is not None:
-        out["tokens"] = tokens
-    return out
+def total_tokens(estimate: Estimate) -> float:
+    """All the tokens an estimate stands for (what a single TPM bucket counts)."""
+    if not isinstance(estimate, Mapping):
+        return float(estimate)
+    if "tokens" in estimate:
+        return float(estimate["tokens"])
+    return float(estimate.get("input_tokens", 0.0) + estimate.get("output_tokens", 0.0))
 
 
 def _check_positive(name: str, value: float | None) -> None:

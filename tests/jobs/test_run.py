@@ -355,3 +355,47 @@ def test_completion_order_and_progress_log_lines(tmp_path: Path) -> None:
     assert finished != [f"req-{i}" for i in range(12)], "completion order differs from input order"
     log = stream.getvalue()
     assert "[surge]" in log and "req/s" in log and "12/12 finished" in log
+
+
+def test_anthropic_output_token_limit_is_respected(tmp_path: Path) -> None:
+    """Anthropic limits output tokens apart (OTPM, charged by max_tokens at the start):
+    the job reserves each request's max_tokens in a bucket learned from the headers."""
+    with surge.sim.serve_in_thread(
+        profile="fast", rpm=6000, otpm=6000, burst_seconds=1.0
+    ) as server:
+        source = write_batch(tmp_path / "in.jsonl", 30)
+        # 30 requests x 24 max_tokens at 100 output tokens/s, 100 at once: ~6.2 s at best.
+        report = run(
+            settings_for(
+                server,
+                tmp_path,
+                source,
+                provider="anthropic",
+                base_url=server.base_url + "/v1",
+                concurrency=8,
+            )
+        )
+        stats = server.stats()
+    assert report.summary.done == 30
+    rejected = stats["by_status"].get("429", 0)
+    assert rejected <= 8, f"{rejected} requests refused for output tokens"
+    lines = read_jsonl(tmp_path / "out.jsonl")
+    assert all(line["response"]["body"]["type"] == "message" for line in lines)
+
+
+def test_limiter_reserves_output_tokens_per_dimension() -> None:
+    from surge.testing import run as run_virtual
+
+    limiter = surge.Limiter(otpm=600, burst=5.0)  # 10 output tokens/s, 50 at once
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        times = []
+        for _ in range(4):
+            permit = await limiter.acquire({"input_tokens": 5, "output_tokens": 20})
+            times.append(loop.time())
+            limiter.release(permit, usage_tokens=25, input_tokens=5, output_tokens=20)
+        return times
+
+    # 50 in the bucket: two calls at once, then one every 2 s (20 tokens at 10/s).
+    assert run_virtual(main()) == pytest.approx([0.0, 0.0, 1.0, 3.0])

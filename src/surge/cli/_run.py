@@ -49,6 +49,8 @@ def run(
     tpm: float | None = typer.Option(
         None, help="Tokens per minute (default: follow the server's headers)."
     ),
+    itpm: float | None = typer.Option(None, help="Input tokens per minute (Anthropic)."),
+    otpm: float | None = typer.Option(None, help="Output tokens per minute (Anthropic)."),
     max_retries: int = typer.Option(5, help="Retries per request after the first attempt."),
     timeout: float = typer.Option(300.0, help="Seconds per attempt."),
     order: str = typer.Option("input", help="Output order: input or completion."),
@@ -96,7 +98,7 @@ def run(
         input=input, output=str(output), journal=str(journal) if journal else None, format=format,
         model=model, endpoint=endpoint, prompt_column=prompt_column, template=template,
         id_column=id_column, defaults=_parse_param(param), provider=provider, base_url=base_url,
-        api_key_env=api_key_env, concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries,
+        api_key_env=api_key_env, concurrency=concurrency, rpm=rpm, tpm=tpm, itpm=itpm, otpm=otpm, max_retries=max_retries,
         timeout=timeout, order=order, max_cost=max_cost, max_failures=max_failures, dry_run=dry_run,
         cache=not no_cache, prices=str(prices) if prices else None, embed_batch=embed_batch,
         retry_failed=retry_failed,

@@ -66,6 +66,8 @@ class JobSettings:
     concurrency: int = 50
     rpm: float | None = None
     tpm: float | None = None
+    itpm: float | None = None
+    otpm: float | None = None
     max_retries: int = 5
     timeout: float | None = 300.0
     order: str = "input"
@@ -182,6 +184,13 @@ class _Job:
 
     def estimate_tokens(self, item: PendingItem) -> int:
         return int(estimate_input_tokens(item.body)) + _max_tokens(item.body)
+
+    def estimate(self, pack: Pack) -> dict[str, float]:
+        """A pack's cost per limit dimension: all tokens (what OpenAI's TPM counts), and
+        input and max output apart (what Anthropic's ITPM and OTPM count)."""
+        inputs = sum(estimate_input_tokens(item.body) for item in pack)
+        outputs = sum(_max_tokens(item.body) for item in pack)
+        return {"tokens": inputs + outputs, "input_tokens": inputs, "output_tokens": outputs}
 
     def estimate_cost(self, item: PendingItem) -> float | None:
         model = str(item.body.get("model", ""))
@@ -366,12 +375,14 @@ class _Job:
         self.failed = summary.failed
         self.spent = summary.cost
         assert self.provider is not None, "open_provider() first"
-        limiter = surge.Limiter(concurrency=s.concurrency, rpm=s.rpm, tpm=s.tpm)
+        limiter = surge.Limiter(
+            concurrency=s.concurrency, rpm=s.rpm, tpm=s.tpm, itpm=s.itpm, otpm=s.otpm
+        )
         stream = surge.as_completed(
             self.call,
             self._tracked(self.packs()),
             limiter=limiter,
-            tokens=lambda pack: sum(self.estimate_tokens(item) for item in pack),
+            tokens=self.estimate,
             max_retries=s.max_retries,
             timeout=s.timeout,
             max_failures=s.max_failures,
