@@ -30,6 +30,7 @@ Estimate = float | Mapping[str, float]
 # Timers may fire a hair early (loop clock resolution) and float sums drift; a wait this
 # short counts as no wait, so a timer never re-arms itself in a tight loop.
 _EPSILON = 1e-9
+_NUMBERS = (int, float)
 
 
 class TokenBucket:
@@ -457,7 +458,7 @@ class Limiter:
             return 1.0
         if name == "tokens":
             return total_tokens(tokens)
-        if isinstance(tokens, Mapping) and name in tokens:
+        if type(tokens) not in _NUMBERS and isinstance(tokens, Mapping) and name in tokens:
             return float(tokens[name])
         return min(self._expected.get(name, 0.0), bucket.capacity)
 
@@ -510,8 +511,8 @@ class Limiter:
 
 def total_tokens(estimate: Estimate) -> float:
     """All the tokens an estimate stands for (what a single TPM bucket counts)."""
-    if not isinstance(estimate, Mapping):
-        return float(estimate)
+    if type(estimate) in _NUMBERS or not isinstance(estimate, Mapping):  # fast path first
+        return float(estimate)  # type: ignore[arg-type]
     if "tokens" in estimate:
         return float(estimate["tokens"])
     return float(estimate.get("input_tokens", 0.0) + estimate.get("output_tokens", 0.0))
