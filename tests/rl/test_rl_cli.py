@@ -13,7 +13,7 @@ def test_rl_demo_runs_both_ways() -> None:
         app, ["rl", "demo", "--steps", "4", "--length", "3", "--engine", "thread"]
     )
     assert result.exit_code == 0, result.output
-    assert "sync" in result.output and "async k=2" in result.output
+    assert "sync" in result.output and "async2" in result.output
     assert "surge rl demo" in result.output
 
 

@@ -35,6 +35,7 @@ def _run(
     digits: int,
     engine: str,
     seed: int,
+    sync_threads: int,
     console: Console,
 ) -> list[StepStats]:
     import torch
@@ -51,6 +52,10 @@ def _run(
         "seed": seed,
         "engine": "thread" if mode == "sync" else engine,
     }
+    if mode == "sync":
+        # The best synchronous setup measured on 2 CPU cores: a model this small gains
+        # nothing from a second intra-op thread (see BENCHMARKS.md, "Async RL").
+        knobs["generator_threads"] = knobs["trainer_threads"] = sync_threads
     if mode == "async":
         knobs["max_staleness"] = max_staleness
     trainer = Trainer(model, task, RLConfig(**knobs))
@@ -80,7 +85,10 @@ def demo(
     mode: str = typer.Option("both", help="both, sync or async."),
     length: int = typer.Option(5, min=1, help="Digits to reverse."),
     digits: int = typer.Option(4, min=2, max=10, help="Distinct digits (chance = 1/digits)."),
-    engine: str = typer.Option("process", help="process (generator in its own process) or thread."),
+    engine: str = typer.Option(
+        "thread", help="Async generator placement: thread, or process (own process, gloo)."
+    ),
+    sync_threads: int = typer.Option(1, min=1, help="Intra-op threads per sync phase."),
     seed: int = typer.Option(0, help="Seed for weights, prompts and sampling."),
     target: float = typer.Option(0.8, help="Reward level to time (10-step mean)."),
 ) -> None:
@@ -110,17 +118,18 @@ def demo(
             digits=digits,
             engine=engine,
             seed=seed,
+            sync_threads=sync_threads,
             console=console,
         )
     table = Table(title="surge rl demo")
-    cols = ("run", "wall", "s/step", f"to {target:g}", "reward@10", "reward@end", "lag")
+    cols = ("run", "wall", "s/step", f"to {target:g}", "r@10", "r@end", "lag")
     for col in (*cols, "gen", "train"):
         table.add_column(col, justify="right" if col != "run" else "left")
     for name, hist in runs.items():
         last, first = hist[-10:], hist[:10]
         wall = hist[-1].wall_seconds
         table.add_row(
-            "sync (turns)" if name == "sync" else f"async k={max_staleness}",
+            "sync" if name == "sync" else f"async{max_staleness}",
             f"{wall:.1f}s",
             f"{wall / len(hist):.3f}",
             _fmt(_time_to(hist, target)),
@@ -131,13 +140,19 @@ def demo(
             f"{hist[-1].trainer_busy:.0%}",
         )
     console.print(table)
-    console.print("reward@10/@end: mean of the first/last 10 steps; gen/train: busy fraction.")
+    console.print(
+        f"async{max_staleness}: max_staleness={max_staleness}; r@10/r@end: mean reward of "
+        "the first/last 10 steps; gen/train: busy fraction."
+    )
     if len(runs) == 2:
-        ratio = runs["sync"][-1].wall_seconds / runs["async"][-1].wall_seconds
-        line = f"{steps} steps: async {ratio:.2f}x faster than sync"
+        w_sync, w_async = runs["sync"][-1].wall_seconds, runs["async"][-1].wall_seconds
+        line = f"{steps} steps: sync {w_sync:.1f}s, async {w_async:.1f}s ({w_sync / w_async:.2f}x)"
         t_sync, t_async = _time_to(runs["sync"], target), _time_to(runs["async"], target)
         if t_sync is not None and t_async is not None:
-            line += f"; to reward {target:g}: {t_sync / t_async:.2f}x"
+            line += (
+                f"; to reward {target:g}: sync {t_sync:.1f}s, async {t_async:.1f}s "
+                f"({t_sync / t_async:.2f}x)"
+            )
         console.print(line + ".")
 
 
