@@ -121,12 +121,17 @@ def test_reward_rises_asynchronously(make_trainer: Any) -> None:
     assert max(s.lag_max for s in history) <= 2
 
 
-def test_online_dpo_trains_and_reports(make_trainer: Any) -> None:
-    trainer = make_trainer(mode="async", max_staleness=1, algorithm="online_dpo", lr=1e-2)
-    history = trainer.train(10)
+def test_online_dpo_reward_rises_asynchronously(make_trainer: Any) -> None:
+    trainer = make_trainer(
+        mode="async", max_staleness=1, algorithm="online_dpo", d_model=64, prompts_per_batch=8
+    )
+    history = trainer.train(120)
     assert all(torch.isfinite(torch.tensor(s.loss)) for s in history)
     assert all(0.0 < s.ess <= 1.0 + 1e-9 for s in history)
     assert max(s.lag_max for s in history) <= 1
+    early = sum(s.reward_mean for s in history[:10]) / 10
+    late = sum(s.reward_mean for s in history[-10:]) / 10
+    assert early < 0.35 and late > 0.4  # typically 0.07 -> 0.6
 
 
 def test_stats_are_reported_every_step(make_trainer: Any) -> None:

@@ -96,7 +96,10 @@ class Trainer:
         self.model = model
         self.task = task
         self.config = config or RLConfig()
-        self.cores = cores or max(1, len(os.sched_getaffinity(0)))
+        if cores is None:
+            affinity = getattr(os, "sched_getaffinity", None)  # absent on macOS
+            cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+        self.cores = max(1, cores)
         self.engine_factory = engine_factory
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=0.0)
         self.ref_model: nn.Module | None = None
@@ -325,7 +328,7 @@ class Trainer:
         adv = group_advantages(rewards).reshape(-1)
         total = int(mask.sum())
         prox: torch.Tensor | None = None
-        if cfg.ppo_epochs > 1 or cfg.grad_accum > 1:
+        if cfg.ppo_epochs > 1:  # later epochs need the policy as it was before the first
             with torch.no_grad():
                 prox = token_logprobs(self.model, tokens, p_len)
         loss_sum, clip_sum, prox_parts = 0.0, 0.0, []
