@@ -165,14 +165,17 @@ class _BrokenTask(ReverseDigits):
         raise RuntimeError("reward model down")
 
 
-def test_a_failing_generator_stops_the_trainer_with_the_cause() -> None:
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_a_failing_generator_stops_the_trainer_with_the_cause(engine: str) -> None:
     task = _BrokenTask(length=3, digits=4)
     torch.manual_seed(0)
     model = TinyLM(TinyLMConfig(vocab_size=task.vocab_size, d_model=16, d_ff=32))
-    trainer = Trainer(model, task, RLConfig(mode="async", prompts_per_batch=2, group_size=2))
+    cfg = RLConfig(mode="async", prompts_per_batch=2, group_size=2, engine=engine)  # type: ignore[arg-type]
+    trainer = Trainer(model, task, cfg)
     with pytest.raises(TrainerStopped) as info:
         trainer.train(3)
-    assert isinstance(info.value.__cause__, RuntimeError)
+    cause = info.value.__cause__
+    assert cause is not None and "reward model down" in repr(cause) + str(cause)
     assert trainer.version == 0
 
 

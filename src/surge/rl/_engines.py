@@ -388,9 +388,11 @@ class ProcessEngine:
 
     def close(self) -> None:
         self._inbox.put(None)
-        self._closed.wait(timeout=60)
+        while self._proc.is_alive() and not self._closed.wait(timeout=0.5):
+            pass
         self._reader.join(timeout=5)
-        self._wsync.wait_sent()
+        if self._closed.is_set():  # a dead peer would never complete the sends
+            self._wsync.wait_sent()
         self._proc.join(timeout=30)
         if self._proc.is_alive():
             self._proc.kill()

@@ -262,7 +262,12 @@ class Trainer:
                         raise TrainerStopped("generation failed") from self._buffer.error
                     r = self._buffer.pop(ticket)
                     if r is None:
-                        cond.wait(timeout=cfg.weight_sync_timeout)
+                        if not cond.wait(timeout=cfg.weight_sync_timeout):
+                            raise TrainerStopped(
+                                f"no rollout for ticket {ticket} within "
+                                f"{cfg.weight_sync_timeout}s. HINT: is the generator alive? "
+                                "Raise weight_sync_timeout for very long generations."
+                            )
                         continue
                     if self.step - r.min_version > bound:
                         self.dropped += 1
