@@ -17,6 +17,16 @@ Example::
     for stats in trainer.run(steps=50):
         print(stats.step, round(stats.reward_mean, 2), stats.lag_max)
 
+Pieces, each replaceable:
+
+- :class:`Trainer` + :class:`RLConfig`: the loop, the sync/async switch, the staleness
+  bound (admission control), GRPO or online DPO, checkpoint and resume.
+- Engines, where generation runs: :class:`ThreadEngine` (in-process weight sync),
+  :class:`ProcessEngine` (own process, ``torch.distributed`` gloo weight sync),
+  :class:`OpenAIEngine` (a vLLM-style server, requests through :func:`surge.gather`).
+- :class:`Task` (prompt sampler + reward), :class:`ReverseDigits` (the demo task),
+  :class:`TinyLM` (a transformer built from a config, with KV-cached decoding).
+
 Requires the ``rl`` extra (``pip install 'surge[rl]'``) for torch.
 """
 
