@@ -24,7 +24,8 @@ class RLConfig:
 
     - ``mode``: ``"sync"`` generates a batch, then trains on it, then generates the next
       with the new weights; ``"async"`` generates ahead while the trainer trains. Same
-      API, same results at ``max_staleness=0``.
+      API, bit-identical results at ``max_staleness=0`` given the same thread counts
+      (float sums depend on how ops split across threads).
     - ``max_staleness``: the most policy versions a sample may lag behind the policy that
       trains on it (``max_staleness`` in TRL, ``max_trajectory_age_steps`` in NeMo-RL,
       ``max_head_offpolicyness`` in AReaL). Enforced by admission control: a generation
