@@ -111,3 +111,24 @@ def test_outputs_follow_the_batch_format_one_line_per_input(tmp_path: Path) -> N
     completion = write_outputs(journal, tmp_path / "by-completion.jsonl", order="completion")[0]
     assert len(completion.read_text().splitlines()) == 3
     assert not list(tmp_path.glob(".*.tmp")), "temporary files are renamed or removed"
+
+
+def test_a_malformed_line_fixed_on_a_rerun_takes_its_place(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.ingest(
+        [chat("a", 1), InputError("in", 2, "bad JSON", custom_id="b"), chat("c", 3)], source="in"
+    )
+    journal.ingest([chat("a", 1), chat("b", 2, "fixed"), chat("c", 3)], source="in")
+    assert [p.custom_id for p in journal.pending()] == ["a", "c", "b"]
+    assert journal.summary().invalid == 0
+    for custom_id in ("a", "b", "c"):
+        journal.record(Outcome(custom_id, "done", 1, status_code=200, response={}))
+    journal.commit()
+    output, _ = write_outputs(journal, tmp_path / "out.jsonl")
+    assert [json.loads(x)["custom_id"] for x in output.read_text().splitlines()] == ["a", "b", "c"]
+    # A malformed line without an id gets a placeholder id; fixed, it is replaced too.
+    journal.ingest(
+        [chat("a", 1), chat("b", 2, "fixed"), chat("c", 3), InputError("in", 4, "bad")], source="in"
+    )
+    journal.ingest([chat("a", 1), chat("b", 2, "fixed"), chat("c", 3), chat("d", 4)], source="in")
+    assert journal.summary().invalid == 0 and journal.count() == 4

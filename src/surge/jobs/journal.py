@@ -199,7 +199,7 @@ class Journal:
                 )
             changed = db.execute(
                 "SELECT n.custom_id, n.line FROM incoming n JOIN items i USING (custom_id) "
-                "WHERE (i.body_hash IS NOT n.body_hash) LIMIT 5"
+                "WHERE i.state != 'invalid' AND (i.body_hash IS NOT n.body_hash) LIMIT 5"
             ).fetchall()
             if changed:
                 listed = ", ".join(f"{cid!r} (line {line})" for cid, line in changed)
@@ -209,6 +209,11 @@ class Journal:
                     "HINT: write to a new output (or delete the journal) to start afresh; "
                     "surge never mixes two versions of a job."
                 )
+            # A malformed line was never sent: once fixed (or gone) it is simply replaced.
+            db.execute(
+                "DELETE FROM items WHERE state = 'invalid' AND custom_id NOT IN "
+                "(SELECT custom_id FROM incoming WHERE error IS NOT NULL)"
+            )
             db.execute(
                 "INSERT INTO items (seq, custom_id, line, url, body_hash, body, state, error, "
                 "error_code) SELECT seq + (SELECT COALESCE(MAX(seq) + 1, 0) FROM items), "
@@ -284,7 +289,8 @@ class Journal:
         if states:
             where = f"WHERE state IN ({', '.join('?' for _ in states)})"
             params = states
-        order_by = "seq" if order == "input" else "finished_at IS NULL, finished_at, seq"
+        # Input order is line order: a line fixed on a rerun keeps its place.
+        order_by = "line, seq" if order == "input" else "finished_at IS NULL, finished_at, seq"
         cursor = self._db.cursor()
         cursor.row_factory = sqlite3.Row
         yield from cursor.execute(f"SELECT * FROM items {where} ORDER BY {order_by}", params)
