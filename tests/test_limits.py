@@ -233,3 +233,23 @@ def test_cancelled_waiter_gives_its_place_back() -> None:
         return limiter.statistics().in_flight
 
     assert run(main()) == 1
+
+
+def test_probe_sends_one_call_alone_until_it_answers() -> None:
+    limiter = surge.Limiter(concurrency=10, probe=True)
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        starts: list[float] = []
+
+        async def call() -> None:
+            permit = await limiter.acquire()
+            starts.append(loop.time())
+            await asyncio.sleep(1.0)
+            limiter.release(permit)
+
+        await asyncio.gather(*(call() for _ in range(5)))
+        return starts
+
+    assert run(main()) == pytest.approx([0.0, 1.0, 1.0, 1.0, 1.0])
+    assert limiter.concurrency_limit == 10

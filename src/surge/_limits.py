@@ -170,6 +170,9 @@ class Limiter:
     - `adaptive`: grow and shrink the concurrency cap (AIMD) from 429s and latency, for
       endpoints that publish no limits, such as a self-hosted vLLM server.
     - `follow_headers`: keep the buckets in step with the server's own count.
+    - `probe`: send one call alone first and open up only once it has answered, so a
+      job that was given no limits learns them from the headers before it bursts
+      (costs one call's latency; `surge run` does this when given no --rpm/--tpm).
     """
 
     def __init__(
@@ -184,6 +187,7 @@ class Limiter:
         max_burst: float | None = None,
         adaptive: bool = False,
         follow_headers: bool = True,
+        probe: bool = False,
     ) -> None:
         _check_positive("concurrency", concurrency)
         _check_positive("rpm", rpm)
@@ -206,6 +210,7 @@ class Limiter:
         self._burst = burst
         self._max_burst = max_burst
         self._follow_headers = follow_headers
+        self._probing = probe
         self._aimd = (
             _Aimd(initial=min(float(concurrency), 4.0), ceiling=float(concurrency))
             if adaptive and concurrency is not None
@@ -301,6 +306,8 @@ class Limiter:
             self._aimd.on_result(outcome, latency, permit.granted_at, now)
         if hints:
             self.observe(hints)
+        if outcome != "cancelled":
+            self._probing = False
         self._release_slot()
         if self._rate_waiters:
             self._schedule()
@@ -359,6 +366,8 @@ class Limiter:
 
     @property
     def concurrency_limit(self) -> int | None:
+        if self._probing:
+            return 1
         if self._aimd is not None:
             return max(1, int(self._aimd.limit))
         return self._concurrency

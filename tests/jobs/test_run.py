@@ -399,3 +399,14 @@ def test_limiter_reserves_output_tokens_per_dimension() -> None:
 
     # 50 in the bucket: two calls at once, then one every 2 s (20 tokens at 10/s).
     assert run_virtual(main()) == pytest.approx([0.0, 0.0, 1.0, 3.0])
+
+
+def test_told_no_limits_the_job_learns_them_before_bursting(tmp_path: Path) -> None:
+    # The server admits 20 at once and 20/s; the job has concurrency 50 and no --rpm.
+    with surge.sim.serve_in_thread(profile="fast", rpm=1200, burst_seconds=1.0) as server:
+        source = write_batch(tmp_path / "in.jsonl", 80)
+        report = run(settings_for(server, tmp_path, source, concurrency=50, cache=False))
+        stats = server.stats()
+    assert report.summary.done == 80
+    rejected = stats["by_status"].get("429", 0)
+    assert rejected <= 3, f"{rejected} requests refused: the first wave was not held back"

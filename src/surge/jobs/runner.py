@@ -375,9 +375,12 @@ class _Job:
         self.failed = summary.failed
         self.spent = summary.cost
         assert self.provider is not None, "open_provider() first"
+        given = (s.rpm, s.tpm, s.itpm, s.otpm)
         limiter = surge.Limiter(
-            concurrency=s.concurrency, rpm=s.rpm, tpm=s.tpm, itpm=s.itpm, otpm=s.otpm
-        )
+            concurrency=s.concurrency, rpm=s.rpm, tpm=s.tpm, itpm=s.itpm, otpm=s.otpm,
+            # Told no limits: learn them from the first answer's headers before bursting.
+            probe=all(limit is None for limit in given) and s.provider != "local",
+        )  # fmt: skip
         stream = surge.as_completed(
             self.call,
             self._tracked(self.packs()),
