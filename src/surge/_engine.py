@@ -325,8 +325,9 @@ class Run(Generic[T]):
                     estimate
                 )
                 self._live += 1
-                self._reserved += _total(estimate)
-                task = loop.create_task(self._run_item(index, item, permit, estimate))
+                total = _total(estimate)
+                self._reserved += total
+                task = loop.create_task(self._run_item(index, item, permit, estimate, total))
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
                 pending = None
@@ -354,7 +355,9 @@ class Run(Generic[T]):
         for task in list(self._tasks):
             task.cancel()
 
-    async def _run_item(self, index: int, item: Any, permit: Permit, estimate: Estimate) -> None:
+    async def _run_item(
+        self, index: int, item: Any, permit: Permit, estimate: Estimate, total: float
+    ) -> None:
         assert self._loop is not None
         loop = self._loop
         first_start = loop.time()
@@ -408,7 +411,7 @@ class Run(Generic[T]):
                 self._limiter.release(
                     permit,
                     outcome="ok",
-                    usage_tokens=usage.total_tokens if usage is not None else _total(estimate),
+                    usage_tokens=usage.total_tokens if usage is not None else total,
                     input_tokens=usage.input_tokens if usage is not None else None,
                     output_tokens=usage.output_tokens if usage is not None else None,
                     latency=latency,
@@ -431,7 +434,7 @@ class Run(Generic[T]):
                 first_start,
             )
         finally:
-            self._reserved -= _total(estimate)
+            self._reserved -= total
 
     async def _attempt(self, item: Any) -> Any:
         if self._timeout is None:

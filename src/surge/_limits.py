@@ -243,9 +243,10 @@ class Limiter:
         if limit is not None and self._in_flight >= limit:
             return None
         now = loop.time()
-        if self._can_take(tokens, now) > 0.0:
+        delay, amounts = self._plan(tokens, now)
+        if delay > 0.0:
             return None
-        reserved = self._take(tokens, now)
+        reserved = self._take(amounts, now)
         self._in_flight += 1
         self._granted += 1
         return Permit(tokens, now, reserved)
@@ -284,22 +285,24 @@ class Limiter:
             return
         permit.released = True
         now = self._now()
-        used = {"requests": 1.0, "tokens": usage_tokens or 0.0}
-        for name, actual in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
-            if actual is not None:
-                used[name] = actual
-                previous = self._expected.get(name)
-                self._expected[name] = (
-                    actual if previous is None else previous + 0.2 * (actual - previous)
-                )
-            elif outcome == "ok":
-                used[name] = permit.reserved.get(name, 0.0)  # succeeded, usage unknown
         for name, bucket in self._buckets.items():
             if name == "requests":
                 continue
-            unused = permit.reserved.get(name, 0.0) - used.get(name, 0.0)
-            if unused:
-                bucket.give(unused, now)
+            reserved = permit.reserved.get(name, 0.0)
+            if name == "tokens":
+                used = usage_tokens or 0.0
+            else:  # input_tokens / output_tokens
+                actual = input_tokens if name == "input_tokens" else output_tokens
+                if actual is not None:
+                    used = actual
+                    previous = self._expected.get(name)
+                    self._expected[name] = (
+                        actual if previous is None else previous + 0.2 * (actual - previous)
+                    )
+                else:  # succeeded with usage unknown: keep the reservation
+                    used = reserved if outcome == "ok" else 0.0
+            if reserved != used:
+                bucket.give(reserved - used, now)
         if outcome == "rate_limited":
             self._rate_limited += 1
         if self._aimd is not None:
@@ -445,8 +448,10 @@ class Limiter:
         self, loop: asyncio.AbstractEventLoop, tokens: Estimate
     ) -> dict[str, float]:
         now = loop.time()
-        if not self._rate_waiters and self._can_take(tokens, now) == 0.0:
-            return self._take(tokens, now)
+        if not self._rate_waiters:
+            delay, amounts = self._plan(tokens, now)
+            if delay == 0.0:
+                return self._take(amounts, now)
         waiter: asyncio.Future[dict[str, float]] = loop.create_future()
         self._rate_waiters.append((tokens, waiter))
         self._schedule()
@@ -460,34 +465,32 @@ class Limiter:
                 self._schedule()
             raise
 
-    def _amount(self, name: str, bucket: TokenBucket, tokens: Estimate) -> float:
-        """What one call takes from a bucket: one request, the caller's estimate, or,
-        for an input/output bucket without one, the usage calls have had on average."""
-        if name == "requests":
-            return 1.0
-        if name == "tokens":
-            return total_tokens(tokens)
-        if type(tokens) not in _NUMBERS and isinstance(tokens, Mapping) and name in tokens:
-            return float(tokens[name])
-        return min(self._expected.get(name, 0.0), bucket.capacity)
-
-    def _can_take(self, tokens: Estimate, now: float) -> float:
-        """Seconds until a request of `tokens` may start (0.0: now)."""
+    def _plan(self, tokens: Estimate, now: float) -> tuple[float, dict[str, float]]:
+        """(Seconds until a call of this cost may start, what it takes from each bucket):
+        one request, the caller's token estimate, or, for an input/output bucket the
+        estimate does not cover, the usage calls have had on average."""
         delay = self._paused_until - now
+        amounts: dict[str, float] = {}
         for name, bucket in self._buckets.items():
-            wait = bucket.delay(self._amount(name, bucket, tokens), now)
+            if name == "requests":
+                amount = 1.0
+            elif name == "tokens":
+                amount = total_tokens(tokens)
+            elif type(tokens) not in _NUMBERS and isinstance(tokens, Mapping) and name in tokens:
+                amount = float(tokens[name])
+            else:
+                amount = min(self._expected.get(name, 0.0), bucket.capacity)
+            wait = bucket.delay(amount, now)
             if wait > delay:
                 delay = wait
-        return 0.0 if delay <= _EPSILON else delay
-
-    def _take(self, tokens: Estimate, now: float) -> dict[str, float]:
-        reserved = {}
-        for name, bucket in self._buckets.items():
-            amount = self._amount(name, bucket, tokens)
             if amount:
-                bucket.give(-amount, now)
-                reserved[name] = amount
-        return reserved
+                amounts[name] = amount
+        return (0.0 if delay <= _EPSILON else delay), amounts
+
+    def _take(self, amounts: dict[str, float], now: float) -> dict[str, float]:
+        for name, amount in amounts.items():
+            self._buckets[name].give(-amount, now)
+        return amounts
 
     def _refund(self, reserved: dict[str, float]) -> None:
         now = self._now()
@@ -510,12 +513,12 @@ class Limiter:
             if waiter.done():
                 self._rate_waiters.popleft()
                 continue
-            delay = self._can_take(tokens, now)
+            delay, amounts = self._plan(tokens, now)
             if delay > 0.0:
                 self._timer = self._loop.call_at(now + delay, self._schedule)
                 return
             self._rate_waiters.popleft()
-            waiter.set_result(self._take(tokens, now))
+            waiter.set_result(self._take(amounts, now))
 
 
 def total_tokens(estimate: Estimate) -> float:
