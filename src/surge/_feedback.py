@@ -89,13 +89,17 @@ def parse_duration(text: str) -> float | None:
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
-    ms = _get(headers, "retry-after-ms")
+    return _retry_after(_relevant(headers), now)
+
+
+def _retry_after(headers: dict[str, str], now: float | None) -> float | None:
+    ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
             return max(0.0, float(ms) / 1000.0)
         except ValueError:
             pass
-    value = _get(headers, "retry-after")
+    value = headers.get("retry-after")
     if value is None:
         return None
     try:
@@ -131,53 +135,49 @@ def _number(text: str | None) -> float | None:
 
 
 _ANTHROPIC_DIMENSIONS = ("requests", "tokens", "input-tokens", "output-tokens")
+_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after")
+
+
+def _relevant(headers: Mapping[str, str]) -> dict[str, str]:
+    """The rate-limit headers, names lower-cased: one pass over the response's headers,
+    after which every lookup is a plain dict hit (and a plain dict's case is folded)."""
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith(_PREFIXES)}
+
+
+def _hint(limit: str | None, remaining: str | None, reset: float | None) -> LimitHint | None:
+    if limit is None and remaining is None and reset is None:
+        return None
+    return LimitHint(limit=_number(limit), remaining=_number(remaining), reset=reset)
 
 
 def parse_rate_limit_headers(
     headers: Mapping[str, str] | None, *, now: float | None = None
 ) -> RateLimitHints:
     """Read OpenAI-style `x-ratelimit-*` and Anthropic-style `anthropic-ratelimit-*` headers."""
-    if not headers:
+    found = _relevant(headers) if headers else {}
+    if not found:  # most responses of an endpoint without published limits
         return RateLimitHints()
     wall = time.time() if now is None else now
     dimensions: dict[str, LimitHint] = {}
     for name in ("requests", "tokens"):
-        hint = LimitHint(
-            limit=_number(_get(headers, f"x-ratelimit-limit-{name}")),
-            remaining=_number(_get(headers, f"x-ratelimit-remaining-{name}")),
-            reset=_opt(parse_duration, _get(headers, f"x-ratelimit-reset-{name}")),
+        reset = found.get(f"x-ratelimit-reset-{name}")
+        hint = _hint(
+            found.get(f"x-ratelimit-limit-{name}"),
+            found.get(f"x-ratelimit-remaining-{name}"),
+            None if reset is None else parse_duration(reset),
         )
-        if hint != LimitHint():
+        if hint is not None:
             dimensions[name] = hint
     for name in _ANTHROPIC_DIMENSIONS:
-        reset_text = _get(headers, f"anthropic-ratelimit-{name}-reset")
-        hint = LimitHint(
-            limit=_number(_get(headers, f"anthropic-ratelimit-{name}-limit")),
-            remaining=_number(_get(headers, f"anthropic-ratelimit-{name}-remaining")),
-            reset=None if reset_text is None else _parse_reset_timestamp(reset_text, wall),
+        reset = found.get(f"anthropic-ratelimit-{name}-reset")
+        hint = _hint(
+            found.get(f"anthropic-ratelimit-{name}-limit"),
+            found.get(f"anthropic-ratelimit-{name}-remaining"),
+            None if reset is None else _parse_reset_timestamp(reset, wall),
         )
-        if hint != LimitHint():
+        if hint is not None:
             dimensions[name.replace("-", "_")] = hint
-    return RateLimitHints(retry_after=parse_retry_after(headers, now=wall), dimensions=dimensions)
-
-
-def _opt(parse: Any, text: str | None) -> Any:
-    return None if text is None else parse(text)
-
-
-def _get(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None and not _is_case_insensitive(headers):
-        lowered = name.lower()
-        for key, candidate in headers.items():
-            if key.lower() == lowered:
-                return candidate
-    return value
-
-
-def _is_case_insensitive(headers: Mapping[str, str]) -> bool:
-    # httpx.Headers and multidicts already fold case; a plain dict does not.
-    return type(headers) is not dict
+    return RateLimitHints(retry_after=_retry_after(found, wall), dimensions=dimensions)
 
 
 def extract_usage(value: Any) -> Usage | None:
