@@ -247,6 +247,14 @@ class Journal:
                 yield PendingItem(seq, custom_id, line, url, json.loads(body))
             after = rows[-1][0]
 
+    def pending_models(self) -> set[str]:
+        """The models pending requests name, without reading them all back."""
+        rows = self._db.execute(
+            "SELECT DISTINCT COALESCE(json_extract(body, '$.model'), '') FROM items "
+            "WHERE state = 'pending'"
+        )
+        return {str(model) for (model,) in rows}
+
     def count(self, state: str | None = None) -> int:
         if state is None:
             return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])

@@ -182,9 +182,6 @@ class _Job:
         if s.retry_failed:
             self.journal.retry_failed()
 
-    def estimate_tokens(self, item: PendingItem) -> int:
-        return int(estimate_input_tokens(item.body)) + _max_tokens(item.body)
-
     def estimate(self, pack: Pack) -> dict[str, float]:
         """A pack's cost per limit dimension: all tokens (what OpenAI's TPM counts), and
         input and max output apart (what Anthropic's ITPM and OTPM count)."""
@@ -481,7 +478,7 @@ class _Job:
         tokens = 0
         cost: float | None = 0.0
         for item in self.journal.pending():
-            tokens += self.estimate_tokens(item)
+            tokens += int(self.estimate((item,))["tokens"])
             estimate = self.estimate_cost(item)
             cost = None if cost is None or estimate is None else cost + estimate
         return tokens, cost
@@ -509,11 +506,7 @@ async def run_job(settings: JobSettings, *, display: ProgressDisplay | None = No
             return JobReport("dry_run", job.journal.summary(), time.monotonic() - start, None, None, None,
                              estimated_cost=cost, estimated_tokens=tokens)  # fmt: skip
         if settings.max_cost is not None:
-            unknown = {
-                str(i.body.get("model"))
-                for i in job.journal.pending()
-                if job.estimate_cost(i) is None
-            }
+            unknown = {m for m in job.journal.pending_models() if job.prices.lookup(m) is None}
             if unknown:
                 raise JobInputError(
                     f"--max-cost needs a price for every model; none known for {sorted(unknown)}. "
