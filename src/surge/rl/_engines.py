@@ -118,13 +118,7 @@ class ThreadEngine:
         return self._gen.weight_updates_in_flight
 
     def close(self) -> None:
-        while True:
-            try:
-                self._requests.get_nowait()
-            except queue.Empty:
-                break
-        self._requests.put(None)
-        self._thread.join()
+        stop_worker(self._requests, self._thread)
 
 
 class DistributedWeightSync:
@@ -181,6 +175,17 @@ class DistributedWeightSync:
                 state[name].copy_(self._buf.narrow(0, offset, numel).view(shape))
                 offset += numel
         self.pull_seconds += time.perf_counter() - start
+
+
+def stop_worker(requests: queue.Queue[Any], thread: threading.Thread) -> None:
+    """Drop the requests a worker thread has not started, tell it to stop, wait for it."""
+    while True:
+        try:
+            requests.get_nowait()
+        except queue.Empty:
+            break
+    requests.put(None)
+    thread.join()
 
 
 def _pack(rollouts: list[Rollout]) -> bytes:

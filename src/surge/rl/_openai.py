@@ -32,7 +32,7 @@ import httpx
 import torch
 
 import surge
-from surge.rl._engines import OnError, OnResult
+from surge.rl._engines import OnError, OnResult, stop_worker
 from surge.rl._rollout import Rollout, _mix
 from surge.rl._task import Task
 from surge.rl._weights import WeightSyncStats
@@ -215,10 +215,4 @@ class OpenAIEngine:
         return 0
 
     def close(self) -> None:
-        while True:
-            try:
-                self._requests.get_nowait()
-            except queue.Empty:
-                break
-        self._requests.put(None)
-        self._thread.join()
+        stop_worker(self._requests, self._thread)
