@@ -27,7 +27,8 @@ from surge._exceptions import (
     SurgeError,
     TransportError,
 )
-from surge._results import Event, Result, RunStatistics
+from surge._feedback import extract_usage
+from surge._results import Event, Result, RunStatistics, Usage
 from surge.jobs._model import JobInputError
 from surge.jobs.cache import ResponseCache
 from surge.jobs.formats import read_requests
@@ -155,12 +156,10 @@ class _Job:
         self.reserved_cost: dict[int, float] = {}
         self.spent = 0.0
         self.budget_hit = False
-        self.run: surge.Run[Any] | None = None
         self.total = 0
         self.finished = 0
         self.failed = 0
         self.tokens = 0
-        self.cost = 0.0
         self.wall_offset = 0.0
 
     # -- input -------------------------------------------------------------------------
@@ -240,7 +239,7 @@ class _Job:
         cached = self.cache.get(item.url, item.body)
         if cached is None:
             return False
-        usage = surge._feedback.extract_usage(cached)
+        usage = extract_usage(cached)
         now = time.time()
         self.journal.record(
             Outcome(
@@ -261,22 +260,21 @@ class _Job:
             return await self.provider.send(pack[0].url, pack[0].body)
         merged = dict(pack[0].body)
         merged["input"] = [item.body["input"] for item in pack]
-        return await self.provider.send(pack[0].url, merged)
+        reply = await self.provider.send(pack[0].url, merged)
+        vectors = len(reply.value.body.get("data") or [])
+        if vectors != len(pack):  # checked here, so the engine retries it
+            raise TransportError(
+                f"embeddings response has {vectors} vectors for {len(pack)} inputs", status_code=200
+            )
+        return reply
 
     def split(
-        self, pack: Pack, response: ProviderResponse
+        self, pack: Pack, body: dict[str, Any], usage: Usage | None
     ) -> list[tuple[dict[str, Any], int, int]]:
         """Per item: (response body, input tokens, output tokens)."""
-        body = response.body
-        usage = surge._feedback.extract_usage(body)
         if len(pack) == 1:
             return [(body, usage.input_tokens if usage else 0, usage.output_tokens if usage else 0)]
         data = sorted(body.get("data") or [], key=lambda d: d.get("index", 0))
-        if len(data) != len(pack):
-            raise TransportError(
-                f"embeddings response has {len(data)} vectors for {len(pack)} inputs",
-                status_code=200,
-            )
         total = usage.input_tokens if usage else 0
         weights = [max(1, int(estimate_input_tokens(item.body))) for item in pack]
         shares = [total * w // sum(weights) for w in weights]
@@ -311,29 +309,23 @@ class _Job:
         finished = None if result.finished_at is None else result.finished_at + self.wall_offset
         response = result.value
         if result.ok and isinstance(response, ProviderResponse):
-            try:
-                parts = self.split(pack, response)
-            except SurgeError as exc:
-                result = Result(result.index, result.item, "failed", error=exc, attempts=result.attempts,
-                                started_at=result.started_at, finished_at=result.finished_at)  # fmt: skip
-            else:
-                for item, (body, tokens_in, tokens_out) in zip(pack, parts, strict=True):
-                    cost = self.cost_of(item.body, tokens_in, tokens_out)
-                    self.journal.record(
-                        Outcome(
-                            custom_id=item.custom_id, state="done", attempts=result.attempts,
-                            status_code=200, request_id=response.request_id, response=body,
-                            input_tokens=tokens_in, output_tokens=tokens_out, cost=cost,
-                            started_at=started, finished_at=finished, latency=result.latency,
-                        )
-                    )  # fmt: skip
-                    if self.cache is not None:
-                        self.cache.put(item.url, item.body, body)
-                    self.finished += 1
-                    self.tokens += tokens_in + tokens_out
-                    self.cost += cost or 0.0
-                    self.spent += cost or 0.0
-                return
+            parts = self.split(pack, response.body, result.usage)
+            for item, (body, tokens_in, tokens_out) in zip(pack, parts, strict=True):
+                cost = self.cost_of(item.body, tokens_in, tokens_out)
+                self.journal.record(
+                    Outcome(
+                        custom_id=item.custom_id, state="done", attempts=result.attempts,
+                        status_code=200, request_id=response.request_id, response=body,
+                        input_tokens=tokens_in, output_tokens=tokens_out, cost=cost,
+                        started_at=started, finished_at=finished, latency=result.latency,
+                    )
+                )  # fmt: skip
+                if self.cache is not None:
+                    self.cache.put(item.url, item.body, body)
+                self.finished += 1
+                self.tokens += tokens_in + tokens_out
+                self.spent += cost or 0.0
+            return
         if result.status != "failed":
             return  # not started or cancelled: stays pending for the next run
         error = result.error
@@ -388,7 +380,6 @@ class _Job:
             max_failures=s.max_failures,
             on_event=self.on_event,
         )
-        self.run = stream
         interrupted = 0
         consumer = asyncio.current_task()
         assert consumer is not None
