@@ -96,7 +96,6 @@ class LimiterStatistics:
 class Permit:
     """Permission for one attempt: a concurrency slot plus what it reserved per bucket."""
 
-    tokens: Estimate
     granted_at: float
     reserved: dict[str, float] = field(default_factory=dict)
     released: bool = False
@@ -249,7 +248,7 @@ class Limiter:
         reserved = self._take(amounts, now)
         self._in_flight += 1
         self._granted += 1
-        return Permit(tokens, now, reserved)
+        return Permit(now, reserved)
 
     async def acquire(self, tokens: Estimate = 0) -> Permit:
         """Wait for a concurrency slot, then for rate; return the permit to `release`."""
@@ -264,7 +263,7 @@ class Limiter:
             self._release_slot()
             raise
         self._granted += 1
-        return Permit(tokens, loop.time(), reserved)
+        return Permit(loop.time(), reserved)
 
     def release(
         self,
