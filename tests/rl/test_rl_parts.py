@@ -29,7 +29,7 @@ def test_public_names_are_exactly_these() -> None:
     assert sorted(surge.rl.__all__) == sorted(
         [
             "DistributedWeightSync", "Engine", "Generator", "InProcessWeightSync", "OpenAIEngine", "WeightPusher", "disk_weight_pusher",
-            "ProcessEngine", "RLConfig", "RLError", "ReverseDigits", "Rollout", "StepStats",
+            "ProcessEngine", "RLConfig", "RLError", "RayEngine", "ReverseDigits", "Rollout", "StepStats",
             "Task", "ThreadEngine", "TinyLM", "TinyLMConfig", "Trainer", "TrainerStopped",
             "WeightSync", "WeightSyncStats", "WeightSyncTimeout", "dpo_loss",
             "group_advantages", "grpo_loss", "offpolicy_metrics", "token_logprobs",

@@ -23,7 +23,8 @@ Pieces, each replaceable:
   bound (admission control), GRPO or online DPO, checkpoint and resume.
 - Engines, where generation runs: :class:`ThreadEngine` (in-process weight sync),
   :class:`ProcessEngine` (own process, ``torch.distributed`` gloo weight sync),
-  :class:`OpenAIEngine` (a vLLM-style server, requests through :func:`surge.gather`).
+  :class:`OpenAIEngine` (a vLLM-style server, requests through :func:`surge.gather`),
+  :class:`RayEngine` (a pool of Ray actors with their own CPU/GPU resource requests).
 - :class:`Task` (prompt sampler + reward), :class:`ReverseDigits` (the demo task),
   :class:`TinyLM` (a transformer built from a config, with KV-cached decoding).
 
@@ -36,6 +37,7 @@ from surge.rl._errors import RLError, TrainerStopped, WeightSyncTimeout
 from surge.rl._losses import dpo_loss, group_advantages, grpo_loss, offpolicy_metrics
 from surge.rl._model import TinyLM, TinyLMConfig, token_logprobs
 from surge.rl._openai import OpenAIEngine, WeightPusher, disk_weight_pusher
+from surge.rl._ray import RayEngine
 from surge.rl._rollout import Generator, Rollout
 from surge.rl._task import ReverseDigits, Task
 from surge.rl._trainer import StepStats, Trainer
@@ -50,6 +52,7 @@ __all__ = [
     "ProcessEngine",
     "RLConfig",
     "RLError",
+    "RayEngine",
     "ReverseDigits",
     "Rollout",
     "StepStats",
