@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,57 @@ def test_weights_are_published_every_sync_every_steps(make_trainer: Any) -> None
     history = trainer.train(6)
     assert seen == [0, 2, 4, 6]
     assert max(s.lag_max for s in history) <= 1
+
+
+def test_skipping_zero_advantage_completions_leaves_the_gradient_unchanged(
+    make_trainer: Any,
+) -> None:
+    from surge.rl import Generator, group_advantages, grpo_loss, token_logprobs
+
+    trainer = make_trainer(max_grad_norm=1e9)  # no clipping: compare raw gradients
+    task = trainer.task
+    gen = Generator(trainer.model, task, group_size=8, seed=0, refresh=lambda mv: 0)
+    batch = gen.generate([0, 1, 2, 3])
+    batch[1].rewards = torch.full_like(batch[1].rewards, 0.5)  # a group with nothing to learn
+    batch[2].rewards[3] = batch[2].rewards.mean() + 1e-3  # break any accidental ties
+    reference = copy.deepcopy(trainer.model)
+
+    trainer._update(batch)
+
+    # The gradient the update used, against one over every completion of the batch.
+    g, p_len = 8, task.prompt_len
+    width = max(r.completions.shape[1] for r in batch)
+    prompts = torch.tensor([r.prompt for r in batch for _ in range(g)])
+    completions = torch.cat([r.completions for r in batch])[:, :width]
+    tokens = torch.cat([prompts, completions], dim=1)
+    mask = torch.cat([r.mask for r in batch])[:, :width]
+    behaviour = torch.cat([r.behaviour_logprobs for r in batch])[:, :width]
+    adv = group_advantages(torch.stack([r.rewards for r in batch]).float()).reshape(-1)
+    assert int((adv == 0).sum()) >= g
+    logp = token_logprobs(reference, tokens, p_len)
+    out = grpo_loss(
+        logp, logp.detach(), behaviour, adv, mask, clip_eps=0.2, is_cap=2.0,
+        total_tokens=int(mask.sum()),
+    )  # fmt: skip
+    out.loss.backward()
+    for (name, got), want in zip(
+        trainer.model.named_parameters(), reference.parameters(), strict=True
+    ):
+        assert got.grad is not None and want.grad is not None
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_batch_with_nothing_to_learn_still_steps_the_optimizer(make_trainer: Any) -> None:
+    from surge.rl import Generator
+
+    trainer = make_trainer()
+    gen = Generator(trainer.model, trainer.task, group_size=8, seed=0, refresh=lambda mv: 0)
+    trainer._update(gen.generate([0, 1]))  # the first step gives AdamW momentum
+    before = weights(trainer)
+    flat = gen.generate([2, 3])
+    for r in flat:
+        r.rewards = torch.ones_like(r.rewards)
+    metrics = trainer._update(flat)
+    assert metrics["ess"] == 1.0 and metrics["loss"] == 0.0
+    moved = weights(trainer)
+    assert any(not torch.equal(before[k], moved[k]) for k in before)  # momentum carried on

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,14 +45,18 @@ class Rollout:
     versions: torch.Tensor
     rewards: torch.Tensor
 
-    @property
-    def min_version(self) -> int:
-        """Version of the oldest token: the one that bounds this sample's lag."""
-        return int(self.versions[self.mask].min()) if bool(self.mask.any()) else 0
+    min_version: int = field(init=False)
+    """Version of the oldest token: the one that bounds this sample's lag."""
+    max_version: int = field(init=False)
 
-    @property
-    def max_version(self) -> int:
-        return int(self.versions[self.mask].max()) if bool(self.mask.any()) else 0
+    def __post_init__(self) -> None:
+        # Computed once, where the rollout is made: the trainer reads them every step,
+        # and each tensor op it saves there is one less GIL hand-off beside a generator.
+        if bool(self.mask.any()):
+            made_by = self.versions[self.mask]
+            self.min_version, self.max_version = int(made_by.min()), int(made_by.max())
+        else:
+            self.min_version = self.max_version = 0
 
     @property
     def mixed_versions(self) -> bool:

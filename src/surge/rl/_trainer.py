@@ -323,15 +323,22 @@ class Trainer:
         prompts = torch.tensor([r.prompt for r in rollouts for _ in range(cfg.group_size)])
         tokens = torch.cat([prompts, completions], dim=1)
         rewards = torch.stack([r.rewards for r in rollouts]).float()
+        if cfg.algorithm == "online_dpo":
+            return self._dpo_update(tokens, mask, behaviour, rewards, p_len)
+        adv = group_advantages(rewards).reshape(-1)
+        total = int(mask.sum())  # the loss stays a mean over every generated token
+        # A completion whose advantage is exactly 0 (every member of an all-correct group,
+        # for one) adds exactly nothing to the gradient; late in training that is most of
+        # the batch, so the forward and backward passes skip it.
+        trained = (adv != 0).nonzero().flatten()
+        if trained.numel() < adv.numel():
+            tokens, mask, behaviour, adv = (x[trained] for x in (tokens, mask, behaviour, adv))
         n = tokens.shape[0]
         micro = [
             slice(i * n // cfg.grad_accum, (i + 1) * n // cfg.grad_accum)
             for i in range(cfg.grad_accum)
         ]
-        if cfg.algorithm == "online_dpo":
-            return self._dpo_update(tokens, mask, behaviour, rewards, p_len)
-        adv = group_advantages(rewards).reshape(-1)
-        total = int(mask.sum())
+        micro = [mb for mb in micro if mb.stop > mb.start]
         prox: torch.Tensor | None = None
         if cfg.ppo_epochs > 1:  # later epochs need the policy as it was before the first
             with torch.no_grad():
@@ -361,9 +368,12 @@ class Trainer:
                 out.loss.backward()  # type: ignore[no-untyped-call]
                 loss_sum += float(out.loss.detach())
                 clip_sum += out.clip_fraction / len(micro)
+            if not micro:  # a zero gradient still steps the optimizer, as it would unskipped
+                for p in self.model.parameters():
+                    p.grad = torch.zeros_like(p)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
-        ess, kl = offpolicy_metrics(torch.cat(prox_parts), behaviour, mask)
+        ess, kl = offpolicy_metrics(torch.cat(prox_parts), behaviour, mask) if n else (1.0, 0.0)
         return {
             "loss": loss_sum / cfg.ppo_epochs,
             "clip_fraction": clip_sum / cfg.ppo_epochs,
