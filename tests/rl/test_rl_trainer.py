@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +251,24 @@ def test_a_batch_with_nothing_to_learn_still_steps_the_optimizer(make_trainer: A
     assert metrics["ess"] == 1.0 and metrics["loss"] == 0.0
     moved = weights(trainer)
     assert any(not torch.equal(before[k], moved[k]) for k in before)  # momentum carried on
+
+
+def test_a_script_without_a_main_guard_fails_fast_with_a_hint(tmp_path: Path) -> None:
+    # The process engine spawns its generator, which re-imports the script; unguarded,
+    # the child dies while starting and the parent used to wait out the rendezvous.
+    script = tmp_path / "train.py"
+    script.write_text(
+        "from surge.rl import ReverseDigits, RLConfig, TinyLM, TinyLMConfig, Trainer\n"
+        "task = ReverseDigits(length=3, digits=4)\n"
+        "model = TinyLM(TinyLMConfig(vocab_size=task.vocab_size))\n"
+        "cfg = RLConfig(engine='process', weight_sync_timeout=60)\n"
+        "list(Trainer(model, task, cfg).run(1))\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "exited while starting" in done.stderr
+    assert 'if __name__ == "__main__":' in done.stderr
+    assert time.monotonic() - started < 50  # not the 60 s rendezvous timeout

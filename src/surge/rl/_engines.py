@@ -235,6 +235,7 @@ def _process_main(
 ) -> None:
     """Generator process: read weights and requests from ``inbox`` in order, generate."""
     torch.set_num_threads(threads)
+    outbox.put(("ready", None, None))
     dist.init_process_group("gloo", init_method=init_method, rank=1, world_size=2)
     model.eval()
     wsync = DistributedWeightSync(model.state_dict(), peer=0)
@@ -348,6 +349,7 @@ class ProcessEngine:
             daemon=True,
         )
         self._proc.start()
+        self._await_ready(timeout)
         dist.init_process_group(
             "gloo",
             init_method=init_method,
@@ -364,6 +366,26 @@ class ProcessEngine:
         self._closed = threading.Event()
         self._reader = threading.Thread(target=self._read, name="surge-rl-results", daemon=True)
         self._reader.start()
+
+    def _await_ready(self, timeout: float) -> None:
+        """Wait until the generator process runs, so a child that dies while starting is
+        reported now, not as a rendezvous timeout minutes later."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._outbox.get(timeout=0.2)
+                return
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise TrainerStopped(
+                        f"the generator process exited while starting (exit code "
+                        f"{self._proc.exitcode}); its error is printed above. HINT: a "
+                        "script that uses engine='process' must start training under "
+                        '`if __name__ == "__main__":` (the process is spawned and '
+                        "re-imports the script)."
+                    ) from None
+        self._proc.kill()
+        raise TrainerStopped(f"the generator process did not start within {timeout}s")
 
     def _read(self) -> None:
         while True:
