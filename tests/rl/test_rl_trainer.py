@@ -272,3 +272,25 @@ def test_a_script_without_a_main_guard_fails_fast_with_a_hint(tmp_path: Path) ->
     assert "exited while starting" in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr
     assert time.monotonic() - started < 50  # not the 60 s rendezvous timeout
+
+
+def test_checkpoint_mid_run_resumes_at_its_version(make_trainer: Any, tmp_path: Path) -> None:
+    trainer = make_trainer(mode="async", max_staleness=2)
+    gps = trainer.config.groups_per_step
+    first: list[StepStats] = []
+    for stats in trainer.run(6):  # the generator keeps working while we save
+        first.append(stats)
+        if stats.version == 3:
+            trainer.save_checkpoint(tmp_path / "ckpt.pt")
+            saved = weights(trainer)
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert state["step"] == 3
+    queued = [d["ticket"] for d in state["queue"]]
+    assert queued == list(range(3 * gps, state["next_ticket"]))
+
+    resumed = make_trainer(mode="async", max_staleness=2)
+    resumed.load_checkpoint(tmp_path / "ckpt.pt")
+    assert_same_weights(saved, weights(resumed))
+    second = resumed.train(3)
+    assert_in_order(first[:3] + second, gps)
+    assert max(s.lag_max for s in second) <= 2

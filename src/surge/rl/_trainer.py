@@ -295,19 +295,26 @@ class Trainer:
                     self._admission.retry.append(r.ticket)
             self._admission.retry.sort()
 
+    def _contiguous_queue(self) -> tuple[list[Rollout], int]:
+        """Finished rollouts from this step's first ticket up to the first gap, and the
+        ticket after them: the queue state a resume can rely on. Tickets beyond the gap
+        (finished early, or still being generated) are generated again after a resume."""
+        with self._buffer.cond:
+            kept = {r.ticket: r for r in self._buffer.snapshot()}
+        ticket = self.step * self.config.groups_per_step
+        run = []
+        while ticket in kept:
+            run.append(kept[ticket])
+            ticket += 1
+        return run, ticket
+
     def _settle_queue(self) -> None:
         """After the generator stopped: keep the contiguous run of finished tickets."""
+        run, next_ticket = self._contiguous_queue()
         with self._buffer.cond:
-            first = self.step * self.config.groups_per_step
-            kept = {r.ticket: r for r in self._buffer.snapshot()}
             self._buffer.clear()
-            ticket = first
-            run = []
-            while ticket in kept:
-                run.append(kept[ticket])
-                ticket += 1
             self._buffer.put(run)
-            self._admission = self._new_admission(ticket)
+            self._admission = self._new_admission(next_ticket)
 
     # -- the update ----------------------------------------------------------------------
 
@@ -459,8 +466,11 @@ class Trainer:
         """Save weights, optimizer, policy version and the queue of untrained rollouts.
 
         Written to a temporary file and renamed, so a crash never leaves half a checkpoint.
-        Call it between :meth:`run` calls (the generator is stopped then).
+        Call it between steps: between :meth:`run` calls, or in the loop over :meth:`run`
+        while the generator keeps working (generations still in flight are not saved;
+        a resume generates them again, with the checkpoint's weights).
         """
+        queue, next_ticket = self._contiguous_queue()
         state: dict[str, Any] = {
             "format": _CHECKPOINT_FORMAT,
             "config": asdict(self.config),
@@ -469,8 +479,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ref_model": self.ref_model.state_dict() if self.ref_model is not None else None,
-            "queue": [rollout_to_dict(r) for r in self._buffer.snapshot()],
-            "next_ticket": self._admission.next_ticket,
+            "queue": [rollout_to_dict(r) for r in queue],
+            "next_ticket": next_ticket,
         }
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
