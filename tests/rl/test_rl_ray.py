@@ -160,6 +160,23 @@ def test_a_failing_actor_stops_the_trainer_with_the_remote_traceback() -> None:
     assert trainer.version == 0
 
 
+def test_the_trainer_can_run_in_a_ray_task_of_its_own() -> None:
+    """Separate pools: the trainer in a task asking for one CPU, its generator in another."""
+
+    def train(steps: int) -> tuple[int, int, int]:
+        task = ReverseDigits(length=3, digits=4)
+        torch.manual_seed(0)
+        model = TinyLM(TinyLMConfig(vocab_size=task.vocab_size, d_model=16, d_ff=32))
+        cfg = RLConfig(
+            mode="async", max_staleness=1, prompts_per_batch=2, group_size=4, trainer_threads=1
+        )
+        trainer = Trainer(model, task, cfg, engine_factory=RayEngine.factory(model, task, cfg))
+        history = trainer.train(steps)
+        return len(history), max(s.lag_max for s in history), trainer.dropped
+
+    assert ray.get(ray.remote(num_cpus=1)(train).remote(3), timeout=60) == (3, 1, 0)
+
+
 @pytest.mark.parametrize(
     ("knobs", "hint"),
     [

@@ -78,7 +78,9 @@ class _GeneratorActor:
         timeout: float,
     ) -> None:
         torch.set_num_threads(threads)
-        self._model = model.eval()
+        # Own copy: with RAY_ENABLE_ZERO_COPY_TORCH_TENSORS the tensors Ray hands over are
+        # read-only views of the object store, and weight loads write into the model.
+        self._model = copy.deepcopy(model).eval()
         self._sync = InProcessWeightSync()
         self._timeout = timeout
         self._fetches = 0
