@@ -1,21 +1,25 @@
 """Async vs sync RL on the demo task, on the same cores.
 
 Trains the tiny transformer on ReverseDigits with GRPO, synchronously and asynchronously
-at max_staleness 1, 2 and 4, and reports wall time to a fixed reward and the final reward
-at an equal number of steps. Every run uses the same two cores:
+at max_staleness 1, 2 and 4, and reports wall time and steps to a fixed reward and the
+final reward at an equal number of steps. Every run gets the same two cores:
 
-- sync, colocated: generator and trainer take turns, each phase with 2 (or 1) intra-op
-  threads — 1 can win on a busy machine, where a descheduled OpenMP worker stalls every op;
-- sync, split: generator process (1 thread) and trainer (1 thread) take turns;
+- sync 2thr / 1thr: generator and trainer take turns in one process, each phase with 2
+  (torch's default) or 1 intra-op threads;
+- sync 1+2thr: the same with 1 thread for generation and 2 for training (the fastest
+  split of the phases the `--phases` probe can find);
+- sync split: generator process (1 thread) and trainer (1 thread) take turns;
 - async k: generator process (1 thread) and trainer (1 thread) overlap, lag <= k;
-- async k=2 in one process: generator thread and trainer thread (1 intra-op thread
-  each) overlap only where torch releases the GIL.
+- async k=2 threads: generator thread and trainer thread (1 intra-op thread each) in one
+  process, overlapping where torch releases the GIL.
 
-Wall time starts after the generator process is up (spawn + import torch, ~2 s, is not
-training). Reward is the batch mean, smoothed over a 10-step window.
+"best sync" is whichever synchronous setup reached the reward fastest (median); speedups
+are against it. Wall time starts after the generator process is up (spawn + import
+torch, ~2 s, is not training). Reward is the batch mean, smoothed over a 10-step window.
 
-    python benchmarks/rl_async.py                      # the BENCHMARKS.md figures
-    python benchmarks/rl_async.py --steps 60 --seeds 0 # a quick look
+    python benchmarks/rl_async.py --target 0.8 --seeds 0 1 2 3 4   # BENCHMARKS.md
+    python benchmarks/rl_async.py --steps 60 --seeds 0              # a quick look
+    python benchmarks/rl_async.py --phases                          # the ceiling
 """
 
 from __future__ import annotations
@@ -57,60 +61,47 @@ class Run:
             out.append(sum(self.rewards[lo : i + 1]) / (i + 1 - lo))
         return out
 
-    def time_to(self, target: float) -> float | None:
+    def steps_to(self, target: float) -> int | None:
         for i, r in enumerate(self.smoothed()):
             if i + 1 >= WINDOW and r >= target:
-                return self.walls[i]
+                return i + 1
         return None
+
+    def time_to(self, target: float) -> float | None:
+        steps = self.steps_to(target)
+        return None if steps is None else self.walls[steps - 1]
 
     def final(self) -> float:
         return sum(self.rewards[-WINDOW:]) / len(self.rewards[-WINDOW:])
 
 
-def _short(name: str) -> str:
-    """'sync, colocated (2 threads/phase)' -> 'sync 2thr'; 'sync, split (...)' -> 'sync split'."""
-    if "split" in name:
-        return "sync split"
-    return "sync " + name.split("(")[1].split(" ")[0] + "thr"
-
-
 def configs() -> dict[str, dict[str, Any]]:
-    return {
-        "sync, colocated (2 threads/phase)": {
+    def sync(engine: str, gen: int, train: int) -> dict[str, Any]:
+        return {
             "mode": "sync",
-            "engine": "thread",
-            "generator_threads": 2,
-            "trainer_threads": 2,
-        },
-        "sync, colocated (1 thread/phase)": {
-            "mode": "sync",
-            "engine": "thread",
-            "generator_threads": 1,
-            "trainer_threads": 1,
-        },
-        "sync, split (1+1 procs)": {
-            "mode": "sync",
-            "engine": "process",
-            "generator_threads": 1,
-            "trainer_threads": 1,
-        },
-        **{
-            f"async k={k} (1+1 procs)": {
-                "mode": "async",
-                "max_staleness": k,
-                "engine": "process",
-                "generator_threads": 1,
-                "trainer_threads": 1,
-            }
-            for k in (1, 2, 4)
-        },
-        "async k=2 (1+1 threads, 1 proc)": {
+            "engine": engine,
+            "generator_threads": gen,
+            "trainer_threads": train,
+        }
+
+    def overlap(k: int, engine: str = "process") -> dict[str, Any]:
+        return {
             "mode": "async",
-            "max_staleness": 2,
-            "engine": "thread",
+            "max_staleness": k,
+            "engine": engine,
             "generator_threads": 1,
             "trainer_threads": 1,
-        },
+        }
+
+    return {
+        "sync 2thr": sync("thread", 2, 2),
+        "sync 1thr": sync("thread", 1, 1),
+        "sync 1+2thr": sync("thread", 1, 2),
+        "sync split": sync("process", 1, 1),
+        "async k=1": overlap(1),
+        "async k=2": overlap(2),
+        "async k=4": overlap(4),
+        "async k=2 threads": overlap(2, "thread"),
     }
 
 
@@ -144,15 +135,13 @@ def run_one(name: str, knobs: dict[str, Any], seed: int, args: argparse.Namespac
     return run
 
 
-def phases(args: argparse.Namespace) -> None:
-    """Time one generation batch and one training step at 1 and 2 intra-op threads.
-
-    Sync on 2 cores costs gen(2) + train(2); async at best max(gen(1), train(1)). Their
-    ratio is the ceiling on the async speedup for this model and batch on this machine.
-    """
+def _time_phase(
+    kind: str, threads: int, args: argparse.Namespace, start: Any, out: Any, repeats: int
+) -> None:
+    """In its own process: median time of one generation batch or one training step."""
     from surge.rl import Generator
-    from surge.rl._rollout import Rollout
 
+    torch.set_num_threads(threads)
     task = ReverseDigits(length=args.length, digits=args.digits)
     torch.manual_seed(0)
     cfg = TinyLMConfig(
@@ -161,68 +150,69 @@ def phases(args: argparse.Namespace) -> None:
         n_layers=args.layers,
         d_ff=4 * args.d_model,
     )
-    model = TinyLM(cfg)
     rl = RLConfig(prompts_per_batch=args.prompts, group_size=args.group, lr=args.lr)
-    trainer = Trainer(model, task, rl, cores=2)
+    trainer = Trainer(TinyLM(cfg), task, rl, cores=2)
     gen = Generator(TinyLM(cfg), task, group_size=args.group, seed=0, refresh=lambda mv: 0)
     tickets = list(range(args.prompts))
-    batch: list[Rollout] = gen.generate(tickets)
-    out = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        for name, fn in (
-            ("gen", lambda: gen.generate(tickets)),
-            ("train", lambda: trainer._update(batch)),
-        ):
-            fn()
-            times = []
-            for _ in range(15):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            out[name, threads] = statistics.median(times)
-            print(f"{name:5s} threads={threads}: {out[name, threads] * 1000:6.1f} ms")
-    sync = out["gen", 2] + out["train", 2]
-    best = max(out["gen", 1], out["train", 1])
-    print(
-        f"sync gen(2)+train(2) = {sync * 1000:.1f} ms; async max(gen(1), train(1)) = "
-        f"{best * 1000:.1f} ms; ceiling on async speedup = {sync / best:.2f}x"
-    )
+    batch = gen.generate(tickets)
+    # A fresh model's rewards vary within every group, so no completion is skipped.
+    fn = (lambda: gen.generate(tickets)) if kind == "gen" else (lambda: trainer._update(batch))
+    for _ in range(5):
+        fn()
+    start.wait()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    out.put((kind, statistics.median(times)))
 
 
-def _matmul_loop(out: Any) -> None:
-    torch.set_num_threads(1)
-    a, b = torch.randn(128, 128), torch.randn(128, 128)
-    start = time.perf_counter()
-    for _ in range(4000):
-        a @ b
-    out.put(time.perf_counter() - start)
-
-
-def scaling() -> None:
-    """How much compute two single-threaded torch processes get at once on this machine.
-
-    Overlap can only pay off as far as the machine runs two such processes in parallel;
-    on a VM whose two vCPUs share a busy host this can be far below 2x.
-    """
+def _phases_at_once(
+    jobs: list[tuple[str, int]], args: argparse.Namespace, repeats: int = 100
+) -> dict[str, float]:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    for k in (1, 2):
-        q: Any = ctx.Queue()
-        procs = [ctx.Process(target=_matmul_loop, args=(q,)) for _ in range(k)]
-        for proc in procs:
-            proc.start()
-        times = [q.get() for _ in procs]
-        for proc in procs:
-            proc.join()
-        if k == 1:
-            alone = times[0]
-        else:
-            print(
-                f"matmul loop: alone {alone:.2f}s, two at once {max(times):.2f}s -> "
-                f"aggregate throughput {2 * alone / max(times):.2f}x of one process"
-            )
+    out: Any = ctx.Queue()
+    start = ctx.Barrier(len(jobs))
+    procs = [
+        ctx.Process(target=_time_phase, args=(kind, threads, args, start, out, repeats))
+        for kind, threads in jobs
+    ]
+    for proc in procs:
+        proc.start()
+    result = dict(out.get() for _ in procs)
+    for proc in procs:
+        proc.join()
+    return result
+
+
+def phases(args: argparse.Namespace) -> None:
+    """The ceiling on the async speedup for this model and batch, on this machine.
+
+    Times one generation batch and one training step alone at 1 and 2 intra-op threads
+    (sync pays their sum), then both at once in two 1-thread processes (async pays the
+    larger). Running both at once shows what the machine really gives two processes: on
+    a VM whose vCPUs share a busy host each phase slows down, and the ceiling with it.
+    """
+    alone = {
+        (kind, threads): _phases_at_once([(kind, threads)], args)[kind]
+        for threads in (1, 2)
+        for kind in ("gen", "train")
+    }
+    both = _phases_at_once([("gen", 1), ("train", 1)], args)
+    for (kind, threads), t in alone.items():
+        print(f"{kind:5s} alone, {threads} thread(s): {t * 1000:6.1f} ms")
+    for kind, t in both.items():
+        print(f"{kind:5s} beside the other phase (1 thread each): {t * 1000:6.1f} ms")
+    best_sync = min(alone["gen", g] + alone["train", t] for g in (1, 2) for t in (1, 2))
+    overlap = max(both.values())
+    print(
+        f"best sync = {best_sync * 1000:.1f} ms/step; async at best = {overlap * 1000:.1f} "
+        f"ms/step; ceiling on the async speedup = {best_sync / overlap:.2f}x "
+        f"(load average {os.getloadavg()[0]:.2f})"
+    )
 
 
 def main() -> None:
@@ -240,14 +230,10 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=None, help="substrings of config names")
     p.add_argument("--plot", type=Path, default=Path("benchmarks/figures/rl_async.png"))
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--phases", action="store_true", help="time gen/train at 1 and 2 threads")
-    p.add_argument("--scaling", action="store_true", help="parallel throughput of 2 procs")
+    p.add_argument("--phases", action="store_true", help="time the phases: the ceiling")
     args = p.parse_args()
     if args.phases:
         phases(args)
-        return
-    if args.scaling:
-        scaling()
         return
 
     cfgs = {n: k for n, k in configs().items() if not args.only or any(o in n for o in args.only)}
@@ -258,38 +244,42 @@ def main() -> None:
             runs[name].append(run)
             ttt = run.time_to(args.target)
             print(
-                f"  seed {seed} {name:36s} {run.walls[-1]:6.1f}s "
+                f"  seed {seed} {name:18s} {run.walls[-1]:6.1f}s "
                 f"to-target {'-' if ttt is None else f'{ttt:.1f}s':>7s} final {run.final():.3f}",
                 file=sys.stderr,
                 flush=True,
             )
 
-    base_names = [n for n in cfgs if n.startswith("sync")]
+    medians: dict[str, float | None] = {}
+    for name, rs in runs.items():
+        reached = [t for t in (r.time_to(args.target) for r in rs) if t is not None]
+        medians[name] = statistics.median(reached) if len(reached) == len(rs) else None
+    syncs = [n for n in cfgs if n.startswith("sync") and medians[n] is not None]
+    best = min(syncs, key=lambda n: medians[n] or 0.0) if syncs else None
     header = (
-        f"| config | s/step | time to reward {args.target} (median) | speedup vs "
-        + " / ".join(_short(n) for n in base_names)
-        + f" | final reward @ {args.steps} steps (mean ± sd) | max lag | gen busy | train busy | min ESS |"
+        f"| config | s/step | steps to {args.target} (median) | time to {args.target} "
+        f"(median) | speedup vs best sync ({best}) | vs sync 2thr | final reward @ "
+        f"{args.steps} steps (mean ± sd) | max lag | gen busy | train busy | min ESS |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    medians: dict[str, float | None] = {}
-    for name, rs in runs.items():
-        times = [r.time_to(args.target) for r in rs]
-        reached = [t for t in times if t is not None]
-        medians[name] = statistics.median(reached) if len(reached) == len(rs) else None
+
+    def speedup(name: str, base: str | None) -> str:
+        med, bm = medians[name], medians.get(base) if base else None
+        return "-" if med is None or bm is None else f"{bm / med:.2f}x"
+
     summary = {}
     for name, rs in runs.items():
         per_step = statistics.mean(r.walls[-1] / len(r.walls) for r in rs)
         finals = [r.final() for r in rs]
         sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
         med = medians[name]
-        speedups = []
-        for b in base_names:
-            bm = medians[b]
-            speedups.append("-" if med is None or bm is None else f"{bm / med:.2f}x")
+        steps = [r.steps_to(args.target) for r in rs]
+        med_steps = statistics.median(s for s in steps if s is not None) if all(steps) else None
         print(
-            f"| {name} | {per_step:.3f} | {'not reached' if med is None else f'{med:.1f}s'} | "
-            f"{' / '.join(speedups)} | {statistics.mean(finals):.3f} ± {sd:.3f} | "
+            f"| {name} | {per_step:.3f} | {med_steps or 'not reached'} | "
+            f"{'not reached' if med is None else f'{med:.1f}s'} | {speedup(name, best)} | "
+            f"{speedup(name, 'sync 2thr')} | {statistics.mean(finals):.3f} ± {sd:.3f} | "
             f"{max(r.lag_max for r in rs)} | {statistics.mean(r.gen_busy for r in rs):.2f} | "
             f"{statistics.mean(r.train_busy for r in rs):.2f} | {min(r.ess_min for r in rs):.3f} |"
         )
@@ -297,6 +287,7 @@ def main() -> None:
             "seconds_per_step": per_step,
             "time_to_target_median": med,
             "times_to_target": [r.time_to(args.target) for r in rs],
+            "steps_to_target": steps,
             "finals": finals,
         }
     cmd = "python benchmarks/rl_async.py " + " ".join(sys.argv[1:])
@@ -330,8 +321,8 @@ def plot(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
         print("matplotlib not installed; skipping the plot", file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colors = ["#000000", "#777777", "#bbbbbb", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"]
-    for color, (name, rs) in zip(colors, runs.items(), strict=False):
+    colors = ["#000000", "#555555", "#999999", "#cccccc", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"]
+    for color, (name, rs) in zip(colors, runs.items(), strict=True):
         for i, r in enumerate(rs):
             ax.plot(
                 r.walls,
