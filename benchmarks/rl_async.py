@@ -321,7 +321,16 @@ def plot(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
         print("matplotlib not installed; skipping the plot", file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colors = ["#000000", "#555555", "#999999", "#cccccc", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"]
+    colors = [
+        "#000000",
+        "#555555",
+        "#999999",
+        "#cccccc",
+        "#1f77b4",
+        "#2ca02c",
+        "#d62728",
+        "#9467bd",
+    ]
     for color, (name, rs) in zip(colors, runs.items(), strict=True):
         for i, r in enumerate(rs):
             ax.plot(
