@@ -28,7 +28,7 @@ from surge.rl._admission import Admission
 def test_public_names_are_exactly_these() -> None:
     assert sorted(surge.rl.__all__) == sorted(
         [
-            "DistributedWeightSync", "Engine", "Generator", "InProcessWeightSync", "OpenAIEngine", "WeightPusher", "disk_weight_pusher",
+            "DistributedWeightSync", "Engine", "Generator", "HFCausalLM", "InProcessWeightSync", "OpenAIEngine", "WeightPusher", "disk_weight_pusher",
             "ProcessEngine", "RLConfig", "RLError", "RayEngine", "ReverseDigits", "Rollout", "StepStats",
             "Task", "ThreadEngine", "TinyLM", "TinyLMConfig", "Trainer", "TrainerStopped",
             "WeightSync", "WeightSyncStats", "WeightSyncTimeout", "dpo_loss",

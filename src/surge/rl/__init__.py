@@ -26,7 +26,8 @@ Pieces, each replaceable:
   :class:`OpenAIEngine` (a vLLM-style server, requests through :func:`surge.gather`),
   :class:`RayEngine` (a pool of Ray actors with their own CPU/GPU resource requests).
 - :class:`Task` (prompt sampler + reward), :class:`ReverseDigits` (the demo task),
-  :class:`TinyLM` (a transformer built from a config, with KV-cached decoding).
+  :class:`TinyLM` (a transformer built from a config, with KV-cached decoding),
+  :class:`HFCausalLM` (any ``transformers`` causal LM as the policy).
 
 Requires the ``rl`` extra (``pip install 'surge[rl]'``) for torch.
 """
@@ -34,6 +35,7 @@ Requires the ``rl`` extra (``pip install 'surge[rl]'``) for torch.
 from surge.rl._config import RLConfig
 from surge.rl._engines import DistributedWeightSync, Engine, ProcessEngine, ThreadEngine
 from surge.rl._errors import RLError, TrainerStopped, WeightSyncTimeout
+from surge.rl._hf import HFCausalLM
 from surge.rl._losses import dpo_loss, group_advantages, grpo_loss, offpolicy_metrics
 from surge.rl._model import TinyLM, TinyLMConfig, token_logprobs
 from surge.rl._openai import OpenAIEngine, WeightPusher, disk_weight_pusher
@@ -47,6 +49,7 @@ __all__ = [
     "DistributedWeightSync",
     "Engine",
     "Generator",
+    "HFCausalLM",
     "InProcessWeightSync",
     "OpenAIEngine",
     "ProcessEngine",
