@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from tests.rl.conftest import assert_same_weights, weights
 
 from surge.rl import (
     RayEngine,
@@ -29,16 +30,6 @@ from surge.rl import (
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray")
-
-
-def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), f"{name} differs"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from tests.rl.conftest import assert_same_weights, weights
 
 from surge.rl import (
     ReverseDigits,
@@ -21,16 +22,6 @@ from surge.rl import (
     Trainer,
     TrainerStopped,
 )
-
-
-def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), f"{name} differs"
 
 
 def assert_in_order(history: list[StepStats], groups_per_step: int, first_step: int = 0) -> None:
