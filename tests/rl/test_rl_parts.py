@@ -239,6 +239,16 @@ def test_group_advantages_are_standardised_per_group() -> None:
     assert torch.equal(adv[1], torch.zeros(2))
 
 
+@pytest.mark.parametrize("reward", [0.1, 0.2, 0.6, 0.8, 1.0])
+def test_a_group_with_equal_rewards_has_exactly_zero_advantage(reward: float) -> None:
+    # float32 means of equal values can miss them by a rounding error; eps must not
+    # turn that into a spurious push on every member of the group.
+    rewards = torch.tensor([[reward] * 8, [0.0, 1.0] * 4])
+    adv = group_advantages(rewards)
+    assert torch.equal(adv[0], torch.zeros(8))
+    assert torch.allclose(adv[1], torch.tensor([-1.0, 1.0] * 4), atol=1e-4)
+
+
 def test_importance_weights_are_truncated_and_reported() -> None:
     logp = torch.zeros(1, 3, requires_grad=True)
     behaviour = torch.tensor([[0.0, -5.0, 5.0]])  # on-policy, very stale, very unlikely

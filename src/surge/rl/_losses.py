@@ -29,10 +29,16 @@ class LossOutput:
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Rewards ``[P, G]`` standardised within each group: GRPO's critic-free baseline."""
+    """Rewards ``[P, G]`` standardised within each group: GRPO's critic-free baseline.
+
+    A group whose rewards are all equal has nothing to teach and gets exactly 0: its
+    float mean can miss the common value by a rounding error (eight 0.6s average to
+    0.6 - 6e-8 in float32), which ``eps`` alone would blow up to an advantage of 0.06.
+    """
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True, unbiased=False)
-    return (rewards - mean) / (std + eps)
+    uniform = rewards.amax(dim=1, keepdim=True) == rewards.amin(dim=1, keepdim=True)
+    return torch.where(uniform, 0.0, (rewards - mean) / (std + eps))
 
 
 def grpo_loss(
