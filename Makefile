@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: test demo lint bench clean
+.PHONY: test test-other-python demo lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,19 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
+# The oldest Python we declare, without the torch extras (the CPU torch on this disk is
+# built for 3.11 only): make test-other-python OTHER_PYTHON=/path/to/python3.10
+OTHER_PYTHON ?= python3.10
+OTHER_VENV := .venv-other
+test-other-python:
+	test -x $(OTHER_VENV)/bin/python || $(OTHER_PYTHON) -m venv $(OTHER_VENV)
+	$(OTHER_VENV)/bin/python -m pip install -q -e '.[dev]'
+	$(OTHER_VENV)/bin/python -m pytest -q --ignore=tests/rl
+
 bench: $(STAMP)
 	$(PY) benchmarks/engine_overhead.py
 	$(PY) benchmarks/seven_calls.py
 	$(PY) benchmarks/memory_stream.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OTHER_VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
