@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 import surge
-from surge._feedback import parse_duration, parse_retry_after
+from surge._feedback import parse_duration
 
 
 @pytest.mark.parametrize(
@@ -33,11 +33,14 @@ def test_unparseable_duration_is_none() -> None:
 
 
 def test_retry_after_forms() -> None:
-    assert parse_retry_after({"retry-after": "7"}) == 7.0
-    assert parse_retry_after({"Retry-After-Ms": "250", "retry-after": "1"}) == 0.25
+    def retry_after(headers: dict[str, str], now: float | None = None) -> float | None:
+        return surge.parse_rate_limit_headers(headers, now=now).retry_after
+
+    assert retry_after({"retry-after": "7"}) == 7.0
+    assert retry_after({"Retry-After-Ms": "250", "retry-after": "1"}) == 0.25
     date = email.utils.formatdate(1_000_030.0, usegmt=True)
-    assert parse_retry_after({"retry-after": date}, now=1_000_000.0) == pytest.approx(30.0)
-    assert parse_retry_after({}) is None
+    assert retry_after({"retry-after": date}, now=1_000_000.0) == pytest.approx(30.0)
+    assert retry_after({}) is None
 
 
 def test_openai_headers() -> None:

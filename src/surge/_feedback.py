@@ -87,12 +87,8 @@ def parse_duration(text: str) -> float | None:
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
-def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
-    return _retry_after(_relevant(headers), now)
-
-
 def _retry_after(headers: dict[str, str], now: float | None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:

@@ -83,7 +83,6 @@ class _GeneratorActor:
         self._model = copy.deepcopy(model).eval()
         self._sync = InProcessWeightSync()
         self._timeout = timeout
-        self._fetches = 0
         self._fetch_s = 0.0
         self._gen = Generator(
             self._model,
@@ -112,7 +111,6 @@ class _GeneratorActor:
         state = _import_ray().get(box[0])
         if version > self._sync.latest_version():  # an older push arriving late is moot
             self._sync.publish(state, version)
-        self._fetches += 1
         self._fetch_s += time.perf_counter() - start
 
     def generate(
