@@ -114,6 +114,8 @@ class JobSummary:
     output_tokens: int
     cost: float
     cached: int
+    unpriced: int = 0
+    """Done items whose model had no known price: `cost` leaves them out."""
 
 
 class Journal:
@@ -271,9 +273,10 @@ class Journal:
                 "WHERE state IN ('failed', 'invalid') GROUP BY 1 ORDER BY 2 DESC"
             ).fetchall()
         )
-        tokens_in, tokens_out, cost, cached = self._db.execute(
+        tokens_in, tokens_out, cost, cached, unpriced = self._db.execute(
             "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
-            "COALESCE(SUM(cost), 0), COALESCE(SUM(cached), 0) FROM items"
+            "COALESCE(SUM(cost), 0), COALESCE(SUM(cached), 0), "
+            "COUNT(*) FILTER (WHERE state = 'done' AND cost IS NULL) FROM items"
         ).fetchone()
         return JobSummary(
             total=sum(counts.values()),
@@ -286,6 +289,7 @@ class Journal:
             output_tokens=int(tokens_out),
             cost=float(cost),
             cached=int(cached),
+            unpriced=int(unpriced),
         )
 
     def rows(
