@@ -43,7 +43,7 @@ from surge.rl._ray import RayEngine
 from surge.rl._rollout import Generator, Rollout
 from surge.rl._task import ReverseDigits, Task
 from surge.rl._trainer import StepStats, Trainer
-from surge.rl._weights import InProcessWeightSync, WeightSync, WeightSyncStats
+from surge.rl._weights import InProcessWeightSync, WeightLayout, WeightSync, WeightSyncStats
 
 __all__ = [
     "DistributedWeightSync",
@@ -65,6 +65,7 @@ __all__ = [
     "TinyLMConfig",
     "Trainer",
     "TrainerStopped",
+    "WeightLayout",
     "WeightPusher",
     "WeightSync",
     "WeightSyncStats",

@@ -4,12 +4,14 @@ An engine takes tickets to generate (``submit``), hands finished rollouts to a c
 and receives weights (``publish``). The trainer does not know which engine it drives:
 
 - :class:`ThreadEngine`: a generator thread in this process with its own copy of the
-  model and :class:`~surge.rl.InProcessWeightSync`. PyTorch releases the GIL inside ops,
-  so this overlaps for models whose ops are large next to Python's per-op overhead.
+  model on its own ``device`` and :class:`~surge.rl.InProcessWeightSync` (on one GPU the
+  snapshot never leaves the device). PyTorch releases the GIL inside ops, so this
+  overlaps for models whose ops are large next to Python's per-op overhead.
 - :class:`ProcessEngine`: a generator in its own process (its own interpreter, its own
-  share of the cores), weights pushed with ``torch.distributed`` point-to-point sends
-  over gloo. This is what overlaps on a small CPU, and the shape of a real deployment
-  (generator and trainer on separate devices).
+  share of the cores or its own GPU), weights pushed with ``torch.distributed``
+  point-to-point sends: NCCL when the trainer and the generator are both on CUDA
+  devices, gloo otherwise. This is what overlaps on a small CPU, and the shape of a real
+  deployment (generator and trainer on separate devices).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from surge.rl._device import Device, resolve_device
 from surge.rl._errors import TrainerStopped, WeightSyncTimeout
 from surge.rl._rollout import Generator, Rollout, rollout_from_dict, rollout_to_dict
 from surge.rl._task import Task
-from surge.rl._weights import InProcessWeightSync, WeightSyncStats
+from surge.rl._weights import InProcessWeightSync, WeightLayout, WeightSyncStats
 
 __all__ = ["DistributedWeightSync", "Engine", "ProcessEngine", "ThreadEngine"]
 
@@ -74,9 +77,11 @@ class ThreadEngine:
         timeout: float,
         on_result: OnResult,
         on_error: OnError,
+        device: Device | None = None,
     ) -> None:
+        self.device = resolve_device(device, what="generator device")
         self.sync = InProcessWeightSync()
-        self._model = copy.deepcopy(model).eval()
+        self._model = copy.deepcopy(model).to(self.device).eval()
         self._gen = Generator(
             self._model,
             task,
@@ -125,20 +130,27 @@ class ThreadEngine:
 class DistributedWeightSync:
     """Weight sync across processes with ``torch.distributed`` point-to-point messages.
 
-    The sender flattens the state into one contiguous buffer and ``isend``s it; the
-    version travels ahead of it on an ordinary queue, so the receiver knows a buffer is
-    coming and can check for new weights between two tokens without blocking. A receiver
-    loads a buffer only once it has fully arrived, so the model is never half updated.
-    Works over gloo (CPU) and NCCL (GPU) alike.
+    Both ends share one :class:`~surge.rl.WeightLayout`: the sender packs the state into
+    the layout's flat buffers (one per dtype and bucket, tied weights once, every dtype
+    kept) and ``isend``s them; the version travels ahead of them on an ordinary queue, so
+    the receiver knows buffers are coming and can check for new weights between two
+    tokens without blocking. A receiver loads buffers only once they have all arrived,
+    so the model is never half updated. ``device`` is where the buffers live: the CPU for
+    gloo, each end's CUDA device for NCCL.
     """
 
-    def __init__(self, state: Mapping[str, torch.Tensor], *, peer: int) -> None:
+    def __init__(
+        self,
+        layout: WeightLayout | Mapping[str, torch.Tensor],
+        *,
+        peer: int,
+        device: Device = "cpu",
+    ) -> None:
         self.peer = peer
-        self._names = list(state)
-        self._shapes = [t.shape for t in state.values()]
-        self._numels = [t.numel() for t in state.values()]
-        self._buf = torch.empty(sum(self._numels), dtype=torch.float32)
-        self._pending: list[tuple[Any, torch.Tensor]] = []
+        self.layout = layout if isinstance(layout, WeightLayout) else WeightLayout.of(layout)
+        self.device = torch.device(device)
+        self._bufs: list[torch.Tensor] | None = None  # receive buffers, made on first use
+        self._pending: list[tuple[list[Any], list[torch.Tensor]]] = []
         self.version = -1
         self.publishes = 0
         self.pulls = 0
@@ -146,35 +158,39 @@ class DistributedWeightSync:
         self.pull_seconds = 0.0
 
     def send(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Sender side: start sending ``state``; returns before the receiver has it."""
+        """Sender side: start sending ``state``; returns before the receiver has it.
+
+        Costs the caller one copy into fresh send buffers; the transfer runs behind it.
+        """
         start = time.perf_counter()
-        flat = torch.cat([state[n].detach().reshape(-1).float() for n in self._names])
-        self._pending = [(w, t) for w, t in self._pending if not w.is_completed()]
-        self._pending.append((dist.isend(flat, dst=self.peer), flat))
+        flat = self.layout.pack(state, device=self.device)
+        self._pending = [(w, b) for w, b in self._pending if not all(x.is_completed() for x in w)]
+        self._pending.append(([dist.isend(b, dst=self.peer) for b in flat], flat))
         self.publishes += 1
         self.publish_seconds += time.perf_counter() - start
 
     def wait_sent(self) -> None:
-        for work, _ in self._pending:
-            work.wait()
+        for works, _ in self._pending:
+            for work in works:
+                work.wait()
         self._pending.clear()
 
     def receive(self, version: int) -> None:
-        """Receiver side: block until the announced buffer has arrived."""
+        """Receiver side: block until the announced buffers have arrived."""
         start = time.perf_counter()
-        dist.recv(self._buf, src=self.peer)
+        if self._bufs is None:
+            self._bufs = self.layout.empty(self.device)
+        for buf in self._bufs:
+            dist.recv(buf, src=self.peer)
         self.version = version
         self.pull_seconds += time.perf_counter() - start
         self.pulls += 1
 
     def load_into(self, model: nn.Module) -> None:
+        if self._bufs is None:
+            return
         start = time.perf_counter()
-        state = model.state_dict()
-        with torch.no_grad():
-            offset = 0
-            for name, shape, numel in zip(self._names, self._shapes, self._numels, strict=True):
-                state[name].copy_(self._buf.narrow(0, offset, numel).view(shape))
-                offset += numel
+        self.layout.load_into(model, self._bufs)
         self.pull_seconds += time.perf_counter() - start
 
 
@@ -232,13 +248,19 @@ def _process_main(
     init_method: str,
     inbox: Any,
     outbox: Any,
+    layout: WeightLayout,
+    device: str,
+    backend: str,
 ) -> None:
     """Generator process: read weights and requests from ``inbox`` in order, generate."""
     torch.set_num_threads(threads)
+    where = torch.device(device)
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
     outbox.put(("ready", None, None))
-    dist.init_process_group("gloo", init_method=init_method, rank=1, world_size=2)
-    model.eval()
-    wsync = DistributedWeightSync(model.state_dict(), peer=0)
+    dist.init_process_group(backend, init_method=init_method, rank=1, world_size=2)
+    model.to(where).eval()
+    wsync = DistributedWeightSync(layout, peer=0, device=where if backend == "nccl" else "cpu")
     pending: deque[tuple[list[int], int]] = deque()
     stopping = False
     loaded = -1
@@ -303,10 +325,13 @@ def _process_main(
 
 
 class ProcessEngine:
-    """Generator in its own process; weights over ``torch.distributed`` (gloo).
+    """Generator in its own process; weights over ``torch.distributed``.
 
-    Initialises the default process group of this process (rank 0 of 2) for its lifetime,
-    so it cannot be used inside a job that already set one up.
+    ``device`` is the generator's (default: CUDA when present); the backend is NCCL when
+    it and the trainer's weights are both on CUDA devices (they must be different ones:
+    NCCL cannot send from a GPU to itself), gloo otherwise. Initialises the default
+    process group of this process (rank 0 of 2) for its lifetime, so it cannot be used
+    inside a job that already set one up.
     """
 
     def __init__(
@@ -321,11 +346,27 @@ class ProcessEngine:
         timeout: float,
         on_result: OnResult,
         on_error: OnError,
+        device: Device | None = None,
     ) -> None:
         if dist.is_initialized():
             raise RuntimeError(
                 "torch.distributed is already initialised in this process. "
                 "HINT: use engine='thread' inside distributed jobs."
+            )
+        self.device = resolve_device(device, what="generator device")
+        state = model.state_dict()
+        layout = WeightLayout.of(state)
+        source = next(iter(state.values())).device if state else torch.device("cpu")
+        self.backend = "nccl" if source.type == "cuda" and self.device.type == "cuda" else "gloo"
+        if self.backend == "nccl" and source == self.device:
+            raise ValueError(
+                f"the trainer and the generator process are both on {source}; NCCL cannot "
+                "send from a device to itself. HINT: give the generator its own GPU "
+                "(device='cuda:1'), or use engine='thread' to share one GPU."
+            )
+        if self.device.type == "meta":
+            raise ValueError(
+                "a generator process cannot sample on the 'meta' device. HINT: use 'cpu' or 'cuda'."
             )
         ctx = mp.get_context("spawn")
         self._inbox: Any = ctx.Queue()
@@ -344,6 +385,9 @@ class ProcessEngine:
                 init_method,
                 self._inbox,
                 self._outbox,
+                layout,
+                str(self.device),
+                self.backend,
             ),
             name="surge-rl-generator",
             daemon=True,
@@ -351,13 +395,17 @@ class ProcessEngine:
         self._proc.start()
         self._await_ready(timeout)
         dist.init_process_group(
-            "gloo",
+            self.backend,
             init_method=init_method,
             rank=0,
             world_size=2,
             timeout=datetime.timedelta(seconds=timeout),
         )
-        self._wsync = DistributedWeightSync(model.state_dict(), peer=1)
+        # gloo sends from the CPU: the trainer's GPU weights are packed straight into
+        # host buffers (the one copy publish costs); NCCL sends from the trainer's GPU.
+        self._wsync = DistributedWeightSync(
+            layout, peer=1, device=source if self.backend == "nccl" else "cpu"
+        )
         self._on_result, self._on_error = on_result, on_error
         self._busy = 0.0
         self._pulls = 0
