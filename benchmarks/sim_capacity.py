@@ -99,7 +99,9 @@ class Outcome:
 
 
 def start_server(args: list[str], cpu: int) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "surge.sim", "--port", "0", "--profile", "fast", *args]
+    # --any-model: the workloads name short models ("m", "c", "e").
+    sim = ["-m", "surge.sim", "--port", "0", "--profile", "fast", "--any-model"]
+    cmd = [sys.executable, *sim, *args]
     proc = subprocess.Popen(
         cmd,
         stderr=subprocess.PIPE,

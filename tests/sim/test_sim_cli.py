@@ -50,26 +50,53 @@ def test_surge_sim_serves_until_interrupted() -> None:
     options = ["--port", "0", "--rpm", "120", "--fail-5xx", "1", "--seed", "3", "--api-key", "k"]
     proc, url, banner = start("-c", "from surge.cli import main; main()", "sim", *options)
     try:
-        body = {"messages": [{"role": "user", "content": "hi"}]}
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
         r = httpx.post(url + "/chat/completions", json=body, headers={"x-api-key": "k"})
         assert r.status_code in (500, 502, 503)
         assert r.headers["x-ratelimit-limit-requests"] == "120"
         assert httpx.post(url + "/chat/completions", json=body).status_code == 401
+        # By default `surge sim` serves known models only: a typo gets OpenAI's 404.
+        typo = {**body, "model": "gpt-4o-mnii"}
+        r = httpx.post(url + "/chat/completions", json=typo, headers={"x-api-key": "k"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        # A wrong base path (no /v1, or another prefix) is not served either.
+        r = httpx.post(url[: -len("/v1")] + "/v2/chat/completions", json=body)
+        assert r.status_code == 404 and "HINT" in r.json()["error"]["message"]
     finally:
         assert "stopped" in stop(proc)
     assert "rpm=120" in banner
+    assert "models: sim-small, sim-large, sim-embed" in banner
 
 
 def test_python_m_surge_sim_with_a_profile_and_latency() -> None:
     proc, url, banner = start(
-        "-m", "surge.sim", "--port", "0", "--profile", "typical", "--latency", "0"
-    )
+        "-m", "surge.sim", "--port", "0", "--profile", "typical", "--latency", "0",
+        "--any-model",
+    )  # fmt: skip
     try:
-        r = httpx.post(url + "/chat/completions", json={"messages": []})
+        r = httpx.post(url + "/chat/completions", json={"model": "m", "messages": []})
         assert r.status_code == 200 and r.elapsed.total_seconds() < 0.5
     finally:
         stop(proc)
-    assert "profile=typical" in banner
+    assert "profile=typical" in banner and "models: any" in banner
+
+
+def test_models_option_sets_the_served_models() -> None:
+    proc, url, banner = start("-m", "surge.sim", "--port", "0", "--models", "mine, other")
+    try:
+        listed = httpx.get(url + "/models").json()["data"]
+        assert [m["id"] for m in listed] == ["mine", "other"]
+        body = {"model": "mine", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+        assert httpx.post(url + "/chat/completions", json=body).status_code == 200
+        r = httpx.post(url[: -len("/v1")] + "/v1/messages", json={**body, "model": "sim-small"})
+        assert r.status_code == 404
+        assert r.json() == {
+            "type": "error",
+            "error": {"type": "not_found_error", "message": "model: sim-small"},
+        }
+    finally:
+        stop(proc)
+    assert "models: mine, other" in banner
 
 
 def test_bad_options_are_refused() -> None:

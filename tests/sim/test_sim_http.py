@@ -176,6 +176,64 @@ async def test_bad_requests_and_unknown_routes() -> None:
         assert [m["id"] for m in models["data"]] == list(server.config.models)
 
 
+async def test_unknown_models_get_the_providers_404_when_asked_to_refuse_them() -> None:
+    async with serve(any_model=False, rpm=600) as server, client(server.url) as http:
+        ok = await http.post("/chat/completions", json=chat("x", model="gpt-4o-mini"))
+        assert ok.status_code == 200
+        dated = chat("x", model="gpt-4o-mini-2024-07-18")
+        assert (await http.post("/chat/completions", json=dated)).status_code == 200
+        r = await http.post("/chat/completions", json=chat("x", model="gpt-4o-mnii"))
+        assert r.status_code == 404
+        assert r.json() == {
+            "error": {
+                "message": "The model `gpt-4o-mnii` does not exist or you do not have access to it.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "model_not_found",
+            }
+        }
+        assert "x-ratelimit-remaining-requests" not in r.headers  # refused before the limiter
+        r = await http.post("/embeddings", json={"model": "nope", "input": "x"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        r = await http.post("/messages", json=chat("x", model="claude-sonnet-4-6", max_tokens=5))
+        assert r.status_code == 404
+        assert r.json()["error"] == {
+            "type": "not_found_error",
+            "message": "model: claude-sonnet-4-6",
+        }
+        missing = {"messages": [{"role": "user", "content": "x"}]}
+        r = await http.post("/chat/completions", json=missing)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "missing_required_parameter"
+        assert server.stats()["by_status"] == {"200": 2, "404": 3, "400": 1}
+    async with serve() as server, client(server.url) as http:  # the library default: any name
+        assert (await http.post("/chat/completions", json=chat("x"))).status_code == 200
+        assert SimConfig().knows_model("anything") and not SimConfig(any_model=False).knows_model(
+            "anything"
+        )
+
+
+async def test_only_the_real_apis_paths_are_served() -> None:
+    async with serve() as server, httpx.AsyncClient(base_url=server.base_url) as http:
+        for path in ("/v1/chat/completions", "/chat/completions"):
+            assert (await http.post(path, json=chat("x"))).status_code == 200
+        for path in (
+            "/v2/chat/completions",
+            "/openai/v1/chat/completions",
+            "/v1/v1/chat/completions",
+        ):
+            r = await http.post(path, json=chat("x"))
+            assert r.status_code == 404, path
+            assert r.json()["error"]["message"].startswith(f"Invalid URL (POST {path}). HINT:")
+        r = await http.post(
+            "/v1/message", json=chat("x"), headers={"anthropic-version": "2023-06-01"}
+        )
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+        assert (await http.get("/v2/models")).status_code == 404
+        assert (await http.delete("/v2/models")).status_code == 404
+        assert (await http.get("/sim/stats")).status_code == 200
+        assert server.stats()["requests"] == 2  # 404s for unknown paths are not counted
+
+
 async def test_embeddings_floats_and_base64() -> None:
     async with serve(embedding_dim=8) as server, client(server.url) as http:
         r = await http.post("/embeddings", json={"model": "e", "input": ["a", "bb"]})

@@ -64,6 +64,18 @@ def sim(
     capacity_queue: Annotated[
         int | None, typer.Option(help="Capacity mode: 503 once this many requests wait.")
     ] = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--models",
+            help="Models served (comma-separated or repeated); others get 404 "
+            "model_not_found. Default: sim-small, sim-large, sim-embed and popular "
+            "OpenAI/Anthropic names.",
+        ),
+    ] = None,
+    any_model: Annotated[
+        bool, typer.Option("--any-model", help="Accept any model name (no 404 for unknown ones).")
+    ] = False,
 ) -> None:
     from surge.sim import PROFILES, Faults, Latency, serve
     from surge.sim.server import new_event_loop
@@ -88,6 +100,14 @@ def sim(
             changes[name] = value
     if api_key:
         changes["api_keys"] = frozenset(api_key)
+    if models:
+        names = tuple(name.strip() for text in models for name in text.split(",") if name.strip())
+        if not names:
+            raise typer.BadParameter(
+                "no model names. HINT: --models sim-small,gpt-4o-mini", param_hint="--models"
+            )
+        changes["models"] = names
+    changes["any_model"] = any_model
     if latency is not None:
         try:
             changes["latency"] = Latency.parse(latency)
@@ -138,6 +158,8 @@ def sim(
             console.print(
                 f"[bold]surge sim[/] profile={profile} limits: {limits} seed={config.seed}"
             )
+            served = "any" if config.any_model else _short_list(config.models)
+            console.print(f"  models: {served}", highlight=False)
             console.print(f"  OpenAI base_url:    [cyan]{server.url}[/]")
             console.print(f"  Anthropic base_url: [cyan]{server.base_url}[/]")
             console.print(f"  stats: {server.base_url}/sim/stats   (Ctrl-C to stop)")
@@ -149,3 +171,9 @@ def sim(
         loop.run_until_complete(run())
     finally:
         loop.close()
+
+
+def _short_list(names: tuple[str, ...], shown: int = 6) -> str:
+    if len(names) <= shown:
+        return ", ".join(names)
+    return ", ".join(names[:shown]) + f" and {len(names) - shown} more (GET /v1/models)"

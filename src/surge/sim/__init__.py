@@ -7,11 +7,18 @@ background thread with ``with serve_in_thread(...) as server``.
 
 HTTP contract
 -------------
-Endpoints (matched by path suffix, so ``/v1/...`` and ``/...`` both work):
+Endpoints (with or without the ``/v1`` prefix; any other path gets 404 with a HINT,
+so a wrong base URL shows up here as it would against the provider):
 ``POST /v1/chat/completions`` (``stream``, ``stream_options.include_usage``),
 ``POST /v1/embeddings`` (string, list of strings or token arrays; ``dimensions``;
 ``encoding_format`` float or base64), ``POST /v1/messages`` (Anthropic, ``stream``),
 ``GET /v1/models``, ``GET /sim/stats``, ``POST /sim/reset``.
+
+Models: ``GET /v1/models`` lists ``SimConfig.models`` (``KNOWN_MODELS``: sim-small,
+sim-large, sim-embed and popular OpenAI and Anthropic names). With
+``any_model=False`` (the default of ``surge sim``; ``--any-model`` turns it off) a
+request for another model gets 404 ``model_not_found`` in OpenAI's error shape, or
+Anthropic's ``not_found_error`` on ``/v1/messages``; the library default accepts any.
 
 Keys: ``Authorization: Bearer KEY`` or ``x-api-key: KEY``; none is the key
 ``anonymous``. With ``api_keys`` set, any other key gets 401.
@@ -59,7 +66,14 @@ Example:
 """
 
 from surge.sim._limits import format_duration, parse_duration
-from surge.sim.config import DEFAULT_MAX_TOKENS, POISON, Faults, Latency, SimConfig
+from surge.sim.config import (
+    DEFAULT_MAX_TOKENS,
+    KNOWN_MODELS,
+    POISON,
+    Faults,
+    Latency,
+    SimConfig,
+)
 from surge.sim.faults import FAULT_KINDS, Plan, plan
 from surge.sim.profiles import PROFILES
 from surge.sim.replies import (
@@ -76,6 +90,7 @@ from surge.sim.server import SimApp, SimServer, serve, serve_in_thread
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "FAULT_KINDS",
+    "KNOWN_MODELS",
     "POISON",
     "PROFILES",
     "Faults",

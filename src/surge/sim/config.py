@@ -7,15 +7,31 @@ with changes (`dataclasses.replace`) and shared between servers safely.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_MAX_TOKENS", "POISON", "Faults", "Latency", "SimConfig"]
+__all__ = ["DEFAULT_MAX_TOKENS", "KNOWN_MODELS", "POISON", "Faults", "Latency", "SimConfig"]
 
 #: Output tokens a chat request is charged for when it sends no ``max_tokens``.
 DEFAULT_MAX_TOKENS = 256
 #: A request whose content contains this string always gets HTTP 400.
 POISON = "SURGE_POISON"
+#: The models a simulator serves unless told otherwise: its own, and popular OpenAI and
+#: Anthropic names, so a job written for a real provider runs against it unchanged.
+#: A dated snapshot (``gpt-4o-mini-2024-07-18``, ``claude-3-5-haiku-20241022``) or a
+#: ``-latest`` alias of a listed name is known too; a misspelt name is not.
+KNOWN_MODELS: tuple[str, ...] = (
+    "sim-small", "sim-large", "sim-embed",
+    "gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano",
+    "gpt-4o", "gpt-4o-mini", "gpt-4-turbo", "gpt-3.5-turbo",
+    "o1", "o1-mini", "o3", "o3-mini", "o4-mini",
+    "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
+    "claude-3-haiku", "claude-3-5-haiku", "claude-3-5-sonnet", "claude-3-7-sonnet",
+    "claude-3-opus", "claude-sonnet-4", "claude-sonnet-4-5", "claude-opus-4",
+    "claude-opus-4-1", "claude-opus-4-5", "claude-haiku-4-5",
+)  # fmt: skip
+_SNAPSHOT_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)")
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -156,6 +172,12 @@ class SimConfig:
     ``1 + capacity_slowdown × (others generating) / capacity`` like a batched vLLM
     server; with ``capacity_queue`` set, arrivals beyond that many waiting get 503.
 
+    ``models`` are the models ``GET /v1/models`` lists. With ``any_model=False`` a
+    request naming another model gets 404 as the real APIs answer it (OpenAI's
+    ``model_not_found``, Anthropic's ``not_found_error``), so a wrong ``--model`` can be
+    tested here; see ``knows_model``. The default accepts any name (tests use short
+    ones); ``surge sim`` refuses unknown names unless given ``--any-model``.
+
     Example:
         >>> SimConfig(rpm=600, tpm=100_000, seed=7).burst_seconds
         10.0
@@ -177,7 +199,8 @@ class SimConfig:
     capacity: int | None = None
     capacity_slowdown: float = 1.0
     capacity_queue: int | None = None
-    models: tuple[str, ...] = ("sim-small", "sim-large", "sim-embed")
+    models: tuple[str, ...] = KNOWN_MODELS
+    any_model: bool = True
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "itpm", "otpm", "capacity"):
@@ -197,6 +220,31 @@ class SimConfig:
             raise TypeError("api_keys must be a set of keys. HINT: api_keys=frozenset({'k'}).")
         if self.api_keys is not None and not isinstance(self.api_keys, frozenset):
             object.__setattr__(self, "api_keys", frozenset(self.api_keys))
+        if isinstance(self.models, (str, bytes)):
+            raise TypeError("models must be a list of names. HINT: models=('sim-small',).")
+        if not isinstance(self.models, tuple):
+            object.__setattr__(self, "models", tuple(self.models))
+
+    def knows_model(self, name: object) -> bool:
+        """Whether a request for model ``name`` is served (always, with ``any_model``).
+
+        A listed name, or a dated snapshot or ``-latest`` alias of one.
+
+        Example:
+            >>> config = SimConfig(any_model=False)
+            >>> [config.knows_model(m) for m in ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gpt-4o-mnii")]
+            [True, True, False]
+        """
+        if self.any_model:
+            return True
+        if not isinstance(name, str):
+            return False
+        if name in self.models:
+            return True
+        return any(
+            name.startswith(known) and _SNAPSHOT_SUFFIX.fullmatch(name[len(known) :])
+            for known in self.models
+        )
 
     def replace(self, **changes: Any) -> SimConfig:
         """A copy with ``changes``; ``latency``/``faults`` may be given as dicts of changes.

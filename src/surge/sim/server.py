@@ -246,32 +246,32 @@ class SimApp:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
+        route = _route(path)
         if method == "POST":
             raw = await self._read_body(receive)
             if raw is None:
                 return
-            if path.endswith("/chat/completions"):
-                await self._generate(scope, raw, receive, send, "chat")
-            elif path.endswith("/messages"):
-                await self._generate(scope, raw, receive, send, "messages")
-            elif path.endswith("/embeddings"):
-                await self._generate(scope, raw, receive, send, "embeddings")
-            elif path.endswith("/sim/reset"):
+            if route in ("/chat/completions", "/messages", "/embeddings"):
+                kind = "chat" if route == "/chat/completions" else route[1:]
+                await self._generate(scope, raw, receive, send, kind)
+            elif route == "/sim/reset":
                 self.reset()
                 await _respond(send, 200, b'{"ok":true}')
             else:
-                await _respond(send, 404, _error(False, 404, f"No route POST {path}"))
+                await _not_found(scope, send, method, path)
         elif method == "GET":
-            if path.endswith("/models"):
+            if route == "/models":
                 await _respond(send, 200, self._models)
-            elif path.endswith("/sim/stats"):
+            elif route == "/sim/stats":
                 await _respond(send, 200, _dumps(self.stats()))
-            elif path in ("/", "/health", "/sim/health"):
+            elif route in ("/", "/health", "/sim/health"):
                 await _respond(send, 200, b'{"ok":true}')
             else:
-                await _respond(send, 404, _error(False, 404, f"No route GET {path}"))
-        else:
+                await _not_found(scope, send, method, path)
+        elif route in _ROUTES:
             await _respond(send, 405, _error(False, 405, f"Method {method} not allowed"))
+        else:
+            await _not_found(scope, send, method, path)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -354,6 +354,8 @@ class SimApp:
                 )
         elif not isinstance(body.get("messages"), list):
             raise _Refused(400, "'messages' must be a list.", code="invalid_value")
+        if not cfg.knows_model(body.get("model")):
+            raise _unknown_model(body.get("model"), anthropic)
         if self._poison is not None and self._poison in raw:
             raise _Refused(
                 400,
@@ -599,7 +601,58 @@ class SimApp:
         return "hang" if self.closing else "504"
 
 
+# -- routes ------------------------------------------------------------------------------
+
+# The real APIs' paths under their base URLs: OpenAI's SDK posts to {base_url}/chat/...
+# with base_url ending in /v1, Anthropic's to {base_url}/v1/messages. Only these answer,
+# so a wrong base path gets 404 here as it would from the provider.
+_ROUTES = frozenset(
+    {"/chat/completions", "/messages", "/embeddings", "/models", "/sim/reset", "/sim/stats"}
+)
+_UNVERSIONED = frozenset({"/", "/health", "/sim/health", "/sim/reset", "/sim/stats"})
+
+
+def _route(path: str) -> str | None:
+    """The endpoint a path names (``/v1/chat/completions`` → ``/chat/completions``), or
+    None for a path no real API serves.
+
+    Example:
+        >>> _route("/v1/chat/completions"), _route("/chat/completions"), _route("/v2/chat/completions")
+        ('/chat/completions', '/chat/completions', None)
+    """
+    if path in _UNVERSIONED:
+        return path
+    bare = path.removeprefix("/v1")
+    return bare if bare in _ROUTES else None
+
+
+async def _not_found(scope: Scope, send: Send, method: str, path: str) -> None:
+    """404 in the caller's API's shape (Anthropic's when it sent ``anthropic-version``)."""
+    anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
+    message = (
+        f"Invalid URL ({method} {path}). HINT: the simulator serves /v1/chat/completions, "
+        "/v1/embeddings, /v1/messages and /v1/models: an OpenAI base_url ends in /v1, an "
+        "Anthropic one is the bare host:port."
+    )
+    await _respond(send, 404, _error(anthropic, 404, message))
+
+
 # -- response bodies ---------------------------------------------------------------------
+
+
+def _unknown_model(model: Any, anthropic: bool) -> _Refused:
+    """What OpenAI and Anthropic answer for a model they do not serve (or none)."""
+    if model is None or model == "":
+        return _Refused(
+            400, "you must provide a model parameter", code="missing_required_parameter"
+        )
+    if anthropic:
+        return _Refused(404, f"model: {model}")
+    return _Refused(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+    )
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
