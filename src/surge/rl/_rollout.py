@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surge.rl._device import model_device
 from surge.rl._task import Task
 
 __all__ = ["Generator", "Rollout", "rollout_from_dict", "rollout_to_dict"]
@@ -94,7 +95,9 @@ class Generator:
 
     The copy is private to the thread (or process) that runs the generator; weights reach
     it only through ``refresh``, called between forward passes, so it never reads a
-    half-updated model.
+    half-updated model. Sampling runs on the model's device; the rollouts come back on
+    the CPU (they cross threads, processes and checkpoints), and the Gumbel noise is drawn
+    on the CPU, so a ticket samples the same tokens on any device up to float rounding.
     """
 
     def __init__(
@@ -136,14 +139,15 @@ class Generator:
         self.version = self._refresh(min_version)
         start = time.perf_counter()
         prompts = [self.prompt(t) for t in tickets]
-        rows = torch.tensor([p for p in prompts for _ in range(g)], dtype=torch.long)
-        noise = torch.stack([self._noise(t, m) for t in tickets for m in range(g)])
+        dev = model_device(self.model)
+        rows = torch.tensor([p for p in prompts for _ in range(g)], dtype=torch.long, device=dev)
+        noise = torch.stack([self._noise(t, m) for t in tickets for m in range(g)]).to(dev)
         n, steps = rows.shape[0], task.max_new_tokens
-        out = torch.full((n, steps), task.pad_id, dtype=torch.long)
-        logp = torch.zeros(n, steps)
-        versions = torch.zeros(n, steps, dtype=torch.long)
-        mask = torch.zeros(n, steps, dtype=torch.bool)
-        alive = torch.ones(n, dtype=torch.bool)
+        out = torch.full((n, steps), task.pad_id, dtype=torch.long, device=dev)
+        logp = torch.zeros(n, steps, device=dev)
+        versions = torch.zeros(n, steps, dtype=torch.long, device=dev)
+        mask = torch.zeros(n, steps, dtype=torch.bool, device=dev)
+        alive = torch.ones(n, dtype=torch.bool, device=dev)
         seq = rows
         prefill: Any = getattr(self.model, "prefill", None)
         decode: Any = getattr(self.model, "decode", None)
@@ -175,6 +179,7 @@ class Generator:
             seq = torch.cat([seq, tok[:, None]], dim=1)
             if not bool(alive.any()):
                 break
+        out, logp, versions, mask = (x.cpu() for x in (out, logp, versions, mask))
         result = []
         for j, (ticket, prompt) in enumerate(zip(tickets, prompts, strict=True)):
             sl = slice(j * g, (j + 1) * g)

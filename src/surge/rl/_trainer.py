@@ -24,6 +24,7 @@ from torch import nn
 
 from surge.rl._admission import Admission, RolloutBuffer
 from surge.rl._config import RLConfig
+from surge.rl._device import Device, resolve_device
 from surge.rl._engines import Engine, OnError, OnResult, ProcessEngine, ThreadEngine
 from surge.rl._errors import TrainerStopped
 from surge.rl._losses import dpo_loss, group_advantages, grpo_loss, offpolicy_metrics
@@ -92,8 +93,16 @@ class Trainer:
         *,
         cores: int | None = None,
         engine_factory: Callable[[OnResult, OnError], Engine] | None = None,
+        device: Device | None = None,
+        generator_device: Device | None = None,
     ) -> None:
-        self.model = model
+        # Where the policy trains and where the built-in engines sample (default: CUDA
+        # when present, else the CPU; the generator defaults to the trainer's device).
+        self.device = resolve_device(device, what="device")
+        self.generator_device = resolve_device(
+            self.device if generator_device is None else generator_device, what="generator_device"
+        )
+        self.model = model.to(self.device)
         self.task = task
         self.config = config or RLConfig()
         if cores is None:
@@ -208,6 +217,7 @@ class Trainer:
             timeout=cfg.weight_sync_timeout,
             on_result=self._on_result,
             on_error=self._buffer.fail,
+            device=self.generator_device,
         )
 
     def _publish(self, engine: Engine) -> None:
@@ -322,14 +332,17 @@ class Trainer:
         cfg, task = self.config, self.task
         self.model.train()
         p_len = task.prompt_len
-        completions = torch.cat([r.completions for r in rollouts])
-        mask = torch.cat([r.mask for r in rollouts])
+        dev = self.device
+        completions = torch.cat([r.completions for r in rollouts]).to(dev)
+        mask = torch.cat([r.mask for r in rollouts]).to(dev)
         width = int(mask.any(dim=0).nonzero().max()) + 1 if bool(mask.any()) else 1
         completions, mask = completions[:, :width], mask[:, :width]
-        behaviour = torch.cat([r.behaviour_logprobs for r in rollouts])[:, :width]
-        prompts = torch.tensor([r.prompt for r in rollouts for _ in range(cfg.group_size)])
+        behaviour = torch.cat([r.behaviour_logprobs for r in rollouts])[:, :width].to(dev)
+        prompts = torch.tensor(
+            [r.prompt for r in rollouts for _ in range(cfg.group_size)], device=dev
+        )
         tokens = torch.cat([prompts, completions], dim=1)
-        rewards = torch.stack([r.rewards for r in rollouts]).float()
+        rewards = torch.stack([r.rewards for r in rollouts]).float().to(dev)
         if cfg.algorithm == "online_dpo":
             return self._dpo_update(tokens, mask, behaviour, rewards, p_len)
         adv = group_advantages(rewards).reshape(-1)
@@ -490,7 +503,7 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint`; training continues
         at the saved policy version with the saved queue."""
-        state = torch.load(Path(path), weights_only=False)
+        state = torch.load(Path(path), weights_only=False, map_location="cpu")
         if state.get("format") != _CHECKPOINT_FORMAT:
             raise ValueError(f"unknown checkpoint format {state.get('format')!r} in {path}")
         self.model.load_state_dict(state["model"])
