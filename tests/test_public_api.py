@@ -4,8 +4,8 @@ import surge
 def test_public_names_are_exactly_these() -> None:
     expected = {
         "AttemptTimeout", "AuthenticationError", "BadRequestError", "BucketStatistics",
-        "BudgetExceeded", "DeadlineExceeded", "Event", "FailedResultsError", "FatalError",
-        "LimitHint", "Limiter", "LimiterStatistics", "Permit", "RateLimitError",
+        "BudgetExceeded", "ConnectError", "DeadlineExceeded", "Event", "FailedResultsError", "FatalError",
+        "LimitHint", "Limiter", "LimiterStatistics", "Permit", "QuotaExceededError", "RateLimitError",
         "RateLimitHints", "Reply", "Result", "Results", "RetryPolicy", "RetryableError",
         "Run", "RunOptions", "RunStatistics", "ServerError", "SurgeError", "TransportError",
         "Usage", "__version__", "as_completed", "classify", "constant", "error_for_status",

@@ -29,8 +29,11 @@ from typing import Any, Generic, TypedDict, TypeVar, cast
 from typing_extensions import Unpack
 
 from surge._exceptions import (
+    AuthenticationError,
+    ConnectError,
     DeadlineExceeded,
     FatalError,
+    QuotaExceededError,
     RateLimitError,
     RetryableError,
 )
@@ -55,10 +58,28 @@ _WINDOW_PER_SLOT = 2
 # Without any cap, the dispatcher yields to the loop this often so calls can finish
 # (and free their memory) while a fast source is drained.
 _YIELD_EVERY = 64
+# A job-level fault stops the run (see RunOptions). Connections that cannot be made at all
+# count as one after this many in a row with no answer in between: at once when the run
+# has never reached the server (a wrong base URL), and only once the streak has lasted
+# _CONNECT_FAULT_SPAN seconds when it has (a server restarting for a few seconds is
+# retried like any transient failure).
+_CONNECT_FAULT_STREAK = 3
+_CONNECT_FAULT_SPAN = 10.0
 
 
 class RunOptions(TypedDict, total=False):
-    """Keyword options shared by `gather`, `as_completed` and `map`."""
+    """Keyword options shared by `gather`, `as_completed` and `map`.
+
+    `stop_on_fault` (default True): stop the whole run on a job-level fault, a failure
+    that says nothing about the item and would fail every other one too: the provider
+    refuses the key (AuthenticationError, 401/403), the billing quota is spent
+    (QuotaExceededError), or nothing answers at the endpoint (ConnectError three times
+    in a row with no answer between, at the start of a run, or for 10 s and more once
+    it has had answers). Then dispatch stops at once, items in flight or waiting to
+    retry are cancelled and come back "cancelled", those never sent "not_started",
+    each with the fault as `error`; `Run.fault` holds it and `statistics().stopped` is
+    "job_fault". Pass False to have every item tried regardless.
+    """
 
     concurrency: int | None
     rpm: float | None
@@ -75,6 +96,7 @@ class RunOptions(TypedDict, total=False):
     stop_when: Callable[[Result[Any]], bool] | None
     on_event: Callable[[Event], None] | None
     seed: int | None
+    stop_on_fault: bool
 
 
 _KNOWN_OPTIONS = frozenset(RunOptions.__annotations__)
@@ -150,6 +172,17 @@ class Run(Generic[T]):
         self._stop_when = options.get("stop_when")
         self._on_event = options.get("on_event")
         self._rng = random.Random(options.get("seed"))
+        stop_on_fault = options.get("stop_on_fault", True)
+        if not isinstance(stop_on_fault, bool):
+            raise TypeError(
+                f"stop_on_fault must be True or False, got {stop_on_fault!r}. HINT: "
+                "stop_on_fault=False tries every item even after a job-level fault."
+            )
+        self._stop_on_fault = stop_on_fault
+        self._fault: BaseException | None = None
+        self._connect_streak = 0
+        self._connect_streak_since = 0.0
+        self._reached_server = False
         ceiling = self._limiter.max_concurrency
         self._window = None if ceiling is None else ceiling * _WINDOW_PER_SLOT
 
@@ -215,6 +248,11 @@ class Run(Generic[T]):
     def limiter(self) -> Limiter:
         return self._limiter
 
+    @property
+    def fault(self) -> BaseException | None:
+        """The job-level fault that stopped the run (see `RunOptions`), or None."""
+        return self._fault
+
     def statistics(self) -> RunStatistics:
         now = self._loop.time() if self._loop is not None else 0.0
         end = self._ended_at if self._ended_at is not None else now
@@ -264,7 +302,7 @@ class Run(Generic[T]):
             # so a consumer that breaks out does not drain an endless source.
             async for index, item in self._leftovers():
                 self._not_started += 1
-                yield Result(index=index, item=item, status="not_started")
+                yield Result(index=index, item=item, status="not_started", error=self._fault)
         finally:
             self._ended_at = loop.time()
             await self._shutdown()
@@ -392,6 +430,13 @@ class Run(Generic[T]):
                         latency=latency,
                         hints=hints,
                     )
+                    if self._is_job_fault(error, loop.time()):
+                        self._on_fault(error)
+                        self._finish(
+                            index, item, "cancelled", None, error, attempt, None, latency,
+                            first_start,
+                        )  # fmt: skip
+                        return
                     if isinstance(error, FatalError) or attempt > self._retry.max_retries:
                         self._finish(
                             index, item, "failed", None, error, attempt, None, latency, first_start
@@ -407,6 +452,8 @@ class Run(Generic[T]):
                     permit = await self._limiter.acquire(estimate)
                     continue
                 latency = loop.time() - attempt_start
+                self._connect_streak = 0
+                self._reached_server = True
                 value, usage, hints = _unpack(raw)
                 self._limiter.release(
                     permit,
@@ -420,21 +467,57 @@ class Run(Generic[T]):
                 self._finish(index, item, "ok", value, None, attempt, usage, latency, first_start)
                 return
         except asyncio.CancelledError:
-            if self._closing or self._stop_reason != "deadline":
+            if self._closing or self._stop_reason not in ("deadline", "job_fault"):
                 raise
+            reason = (
+                self._fault
+                if self._stop_reason == "job_fault"
+                else DeadlineExceeded(f"deadline of {self._deadline}s passed")
+            )
             self._finish(
-                index,
-                item,
-                "cancelled",
-                None,
-                DeadlineExceeded(f"deadline of {self._deadline}s passed"),
-                attempt,
-                None,
-                latency,
-                first_start,
+                index, item, "cancelled", None, reason, attempt, None, latency, first_start
             )
         finally:
             self._reserved -= total
+
+    def _is_job_fault(self, error: BaseException, now: float) -> bool:
+        """Whether this failed attempt stops the whole run (see `RunOptions`)."""
+        if not isinstance(error, ConnectError):
+            self._connect_streak = 0
+            self._reached_server = True
+            return self._stop_on_fault and isinstance(
+                error, (AuthenticationError, QuotaExceededError)
+            )
+        self._connect_streak += 1
+        if self._connect_streak == 1:
+            self._connect_streak_since = now
+        return (
+            self._stop_on_fault
+            and self._connect_streak >= _CONNECT_FAULT_STREAK
+            and (
+                not self._reached_server or now - self._connect_streak_since >= _CONNECT_FAULT_SPAN
+            )
+        )
+
+    def _on_fault(self, error: BaseException) -> None:
+        """Stop dispatching and cancel every other item in flight or waiting to retry."""
+        if self._fault is not None:
+            return
+        self._fault = error
+        status = getattr(error, "status_code", None)
+        logger.warning(
+            "surge: stopping the run on a job-level fault: %s%s. The other items are "
+            "cancelled or not started. HINT: %s (or pass stop_on_fault=False to try every "
+            "item regardless).",
+            type(error).__name__,
+            f" (HTTP {status})" if status is not None else "",
+            _FAULT_HINTS.get(type(error), "check the endpoint and the key"),
+        )
+        self.stop("job_fault")
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
 
     async def _attempt(self, item: Any) -> Any:
         if self._timeout is None:
@@ -502,6 +585,13 @@ class Run(Generic[T]):
             self._on_event(event)
         except Exception:  # a broken progress bar must not sink the batch
             logger.exception("surge: on_event hook raised; continuing")
+
+
+_FAULT_HINTS: dict[type[BaseException], str] = {
+    AuthenticationError: "the provider refused the API key: check that it is set and valid",
+    QuotaExceededError: "the account's billing quota is spent: add credit or use another key",
+    ConnectError: "nothing answers at the endpoint: check the base URL and that the server runs",
+}
 
 
 def _unpack(raw: Any) -> tuple[Any, Usage | None, RateLimitHints | None]:

@@ -5,11 +5,13 @@ SurgeError
 ├── RetryableError          worth another attempt
 │   ├── RateLimitError      429: the provider said slow down (carries retry_after)
 │   ├── ServerError         5xx, 408, 409: the provider failed, not the request
-│   ├── TransportError      connection refused/reset, malformed response
+│   ├── TransportError      connection reset, malformed response
+│   │   └── ConnectError    no connection at all: refused, DNS failure
 │   └── AttemptTimeout      one attempt ran past `timeout=`
 ├── FatalError              retrying cannot help
 │   ├── BadRequestError     400, 404, 422 and other 4xx: the request itself is wrong
 │   ├── AuthenticationError 401, 403
+│   ├── QuotaExceededError  429 `insufficient_quota`: the account's billing quota is spent
 │   ├── BudgetExceeded      a token or cost budget would be passed
 │   └── DeadlineExceeded    the overall deadline passed before the item finished
 └── FailedResultsError      raised on demand by `Results.raise_for_failures()`
@@ -17,6 +19,11 @@ SurgeError
 
 Foreign exceptions (httpx, openai, anthropic, plain OSError) are classified by
 duck typing in `surge._retry.classify`, so callers never have to translate them.
+
+Some failures are about the whole job, not one item: a key the provider refuses
+(AuthenticationError), a spent quota (QuotaExceededError), an endpoint nothing answers
+at (ConnectError, again and again). The engine stops a run on these ("job-level
+faults", see `surge.RunOptions`'s `stop_on_fault`) instead of failing every item.
 """
 
 from __future__ import annotations
@@ -62,6 +69,11 @@ class TransportError(RetryableError):
     """The connection failed or the response could not be read."""
 
 
+class ConnectError(TransportError):
+    """The connection could not be made at all (refused, DNS failure): nothing was sent,
+    so nothing was paid. Retried per item; many in a row stop the run (a job-level fault)."""
+
+
 class AttemptTimeout(RetryableError):
     """One attempt took longer than the per-attempt `timeout=`."""
 
@@ -80,6 +92,13 @@ class BadRequestError(FatalError):
 
 class AuthenticationError(FatalError):
     """HTTP 401 or 403."""
+
+
+class QuotaExceededError(FatalError):
+    """OpenAI's 429 with `insufficient_quota`: the account's billing quota is spent.
+
+    Not a rate limit: waiting does not help until someone adds credit, so it is never
+    retried and stops the run (a job-level fault)."""
 
 
 class BudgetExceeded(FatalError):

@@ -10,7 +10,9 @@ spreads retries out instead of sending them back in lockstep
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,9 @@ from surge._exceptions import (
     AttemptTimeout,
     AuthenticationError,
     BadRequestError,
+    ConnectError,
     FatalError,
+    QuotaExceededError,
     RateLimitError,
     RetryableError,
     ServerError,
@@ -91,12 +95,22 @@ _AUTH_STATUS = {401, 403}
 
 
 def error_for_status(
-    status: int, message: str = "", headers: Mapping[str, str] | None = None
+    status: int,
+    message: str = "",
+    headers: Mapping[str, str] | None = None,
+    body: object = None,
 ) -> RetryableError | FatalError:
-    """The surge error for an HTTP status, with Retry-After and rate-limit hints attached."""
+    """The surge error for an HTTP status, with Retry-After and rate-limit hints attached.
+
+    `body` (the decoded JSON error, or its raw text) tells OpenAI's spent billing quota
+    (429 with `insufficient_quota`, a QuotaExceededError that is never retried) from a
+    rate limit (RateLimitError).
+    """
     hints = parse_rate_limit_headers(headers) if headers else RateLimitHints()
     text = message or f"HTTP {status}"
     if status == 429:
+        if _is_quota_exhausted(body) or (body is None and "insufficient_quota" in message):
+            return QuotaExceededError(text, status_code=status)
         return RateLimitError(text, status_code=status, retry_after=hints.retry_after, hints=hints)
     if status >= 500 or status in _RETRYABLE_STATUS:
         return ServerError(text, status_code=status, retry_after=hints.retry_after, hints=hints)
@@ -105,22 +119,51 @@ def error_for_status(
     return BadRequestError(text, status_code=status)
 
 
+_QUOTA_CODE = "insufficient_quota"
+
+
+def _is_quota_exhausted(body: object) -> bool:
+    """True for OpenAI's `{"error": {"code"|"type": "insufficient_quota"}}`, whole or
+    unwrapped (the openai SDK keeps only the inner object), as JSON text or decoded."""
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str):
+        if _QUOTA_CODE not in body:
+            return False
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return False
+    if not isinstance(body, Mapping):
+        return False
+    inner = body.get("error")
+    for part in (body, inner if isinstance(inner, Mapping) else {}):
+        if part.get("code") == _QUOTA_CODE or part.get("type") == _QUOTA_CODE:
+            return True
+    return False
+
+
 def classify(error: BaseException) -> RetryableError | FatalError:
     """Map any exception to surge's tree, so the retry decision is made in one place.
 
     Recognised by duck typing, with no import of the libraries concerned:
-    - surge's own errors pass through;
+    - surge's own errors pass through (the same object);
     - anything with a `status_code` (or `.response.status_code`), like
       `httpx.HTTPStatusError` and the openai/anthropic `APIStatusError`, by status;
+      a 429 whose error code is `insufficient_quota` is a QuotaExceededError;
     - timeouts (`TimeoutError`, `httpx.TimeoutException`, `openai.APITimeoutError`);
-    - connection failures (`OSError`, `httpx.TransportError`, `openai.APIConnectionError`).
+    - connections that could not be made at all (`ConnectionRefusedError`, a DNS
+      failure, `httpx.ConnectError`, aiohttp's `ClientConnectorError`, an
+      `openai.APIConnectionError` caused by one) are a ConnectError;
+    - other connection failures (`OSError`, `httpx.TransportError`,
+      `openai.APIConnectionError`) are a TransportError.
     Everything else is a bug in the call and is not retried.
     """
     if isinstance(error, (RetryableError, FatalError)):
         return error
     status, headers = _status_and_headers(error)
     if status is not None:
-        classified = error_for_status(status, str(error), headers)
+        classified = error_for_status(status, str(error), headers, _error_body(error))
         classified.__cause__ = error
         return classified
     names = {cls.__name__ for cls in type(error).__mro__}
@@ -128,6 +171,8 @@ def classify(error: BaseException) -> RetryableError | FatalError:
         "Timeout" in n for n in names
     ):
         out: RetryableError = AttemptTimeout(str(error) or type(error).__name__)
+    elif _is_connect_failure(error):
+        out = ConnectError(f"{type(error).__name__}: {error}")
     elif isinstance(error, (OSError, EOFError)) or names & {
         "TransportError",
         "APIConnectionError",
@@ -143,6 +188,42 @@ def classify(error: BaseException) -> RetryableError | FatalError:
         return fatal
     out.__cause__ = error
     return out
+
+
+# httpx/httpx2 and httpcore's ConnectError, aiohttp's ClientConnectorError (and its
+# DNS and certificate subclasses, which a retry does not mend either).
+_CONNECT_ERROR_NAMES = frozenset({"ConnectError", "ClientConnectorError"})
+
+
+def _is_connect_failure(error: BaseException) -> bool:
+    """Whether no connection could be made, looking through the wrappers SDKs add
+    (`openai.APIConnectionError` raised from `httpx.ConnectError` raised from OSError)."""
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 6:
+        if isinstance(current, (ConnectionRefusedError, socket.gaierror)):
+            return True
+        if {cls.__name__ for cls in type(current).__mro__} & _CONNECT_ERROR_NAMES:
+            return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
+
+
+def _error_body(error: BaseException) -> object:
+    """The decoded error body an SDK exception carries (openai/anthropic `.body`), or the
+    text of an already-read `.response`; None when there is neither."""
+    body = getattr(error, "body", None)
+    if body is not None:
+        return body
+    code = getattr(error, "code", None)
+    if isinstance(code, str):
+        return {"code": code, "type": getattr(error, "type", None)}
+    response: Any = getattr(error, "response", None)
+    try:
+        return response.text if response is not None else None
+    except Exception:  # a streamed response not read yet: no body to look at
+        return None
 
 
 def _status_and_headers(error: BaseException) -> tuple[int | None, Mapping[str, str] | None]:
