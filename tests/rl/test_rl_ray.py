@@ -121,6 +121,7 @@ def test_replicas_share_the_tickets_and_return_each_once() -> None:
     finally:
         engine.close()
     assert not errors
+    assert engine.devices == ["cpu", "cpu"]  # no GPU asked for, none assigned
     assert sorted(r.ticket for r in got) == list(range(6))
     assert engine.tickets_by_replica() == [0, 0]
     stats = engine.weight_stats()
@@ -198,3 +199,17 @@ def test_a_request_ray_cannot_place_fails_with_the_cluster_size() -> None:
             on_error=lambda e: None,
             resources={"no_such_pool": 1},
         )
+
+
+def test_a_replica_samples_on_the_gpu_ray_assigned_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device choice inside an actor: its first visible GPU when Ray assigned one."""
+    import ray
+
+    from surge.rl import _ray as ray_engine
+
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [3])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # CUDA_VISIBLE_DEVICES=3 inside the actor: physical GPU 3 is cuda:0 there
+    assert ray_engine._actor_device() == torch.device("cuda", 0)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    assert ray_engine._actor_device() == torch.device("cpu")

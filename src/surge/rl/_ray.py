@@ -60,6 +60,21 @@ def _import_ray() -> Any:
         ) from exc
 
 
+def _actor_device() -> torch.device:
+    """The GPU Ray assigned to this actor, else the CPU.
+
+    Ray sets ``CUDA_VISIBLE_DEVICES`` to the actor's GPUs, so the first assigned GPU is
+    ``cuda:0`` inside the actor whichever physical GPU it is.
+    """
+    try:
+        assigned = _import_ray().get_gpu_ids()
+    except Exception:  # not inside a Ray worker (a direct call in a test)
+        assigned = []
+    if assigned and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
 class _GeneratorActor:
     """Body of one generator actor: a :class:`Generator` and an in-process weight sync.
 
@@ -78,9 +93,10 @@ class _GeneratorActor:
         timeout: float,
     ) -> None:
         torch.set_num_threads(threads)
+        self.device = _actor_device()
         # Own copy: with RAY_ENABLE_ZERO_COPY_TORCH_TENSORS the tensors Ray hands over are
         # read-only views of the object store, and weight loads write into the model.
-        self._model = copy.deepcopy(model).eval()
+        self._model = copy.deepcopy(model).to(self.device).eval()
         self._sync = InProcessWeightSync()
         self._timeout = timeout
         self._fetch_s = 0.0
@@ -98,8 +114,9 @@ class _GeneratorActor:
             self._model, have=self._gen.version, min_version=min_version, timeout=self._timeout
         )
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        """The device this replica samples on (the caller waits for this answer)."""
+        return str(self.device)
 
     def load(self, box: list[Any], version: int) -> None:
         """Fetch the weights behind ``box[0]`` (an object ref) and make them the newest.
@@ -149,9 +166,10 @@ class RayEngine:
     ``scheduling_strategy``, ``placement_group``...). ``threads`` are the intra-op
     threads of each actor (default: ``num_cpus``, at least 1). Ray is started with
     ``ray.init()`` if this process has not started or joined a cluster yet; stopping it
-    (``ray.shutdown()``) is left to the caller. The built-in :class:`Generator` samples
-    on the CPU, so ``num_gpus`` reserves devices (Ray sets ``CUDA_VISIBLE_DEVICES`` in the
-    actor) without moving generation onto them.
+    (``ray.shutdown()``) is left to the caller. A replica with ``num_gpus > 0`` samples on
+    the GPU Ray assigns it (Ray sets ``CUDA_VISIBLE_DEVICES`` in the actor; the model copy
+    moves to its first visible GPU); one without samples on the CPU. :attr:`devices` says
+    where each replica landed.
 
     To give the trainer a pool of its own as well, run the whole loop in a Ray task or
     actor with its resource request, e.g. ``ray.remote(num_gpus=1)(train_fn).remote()``;
@@ -215,6 +233,8 @@ class RayEngine:
         self._version = -1
         self._publishes = 0
         self._publish_s = 0.0
+        self.devices: list[str] = []
+        """Where each replica samples: ``"cuda:0"`` (its first Ray-assigned GPU) or ``"cpu"``."""
         self._wait_ready(replicas, opts)
         self._reader = threading.Thread(target=self._read, name="surge-rl-ray", daemon=True)
         self._reader.start()
@@ -268,7 +288,10 @@ class RayEngine:
         refs = [a.ready.remote() for a in self._actors]
         try:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self._timeout)
-            ray.get(ready)
+            if len(ready) == len(refs):
+                self.devices = [str(d) for d in ray.get(refs)]
+            else:
+                ray.get(ready)
         except Exception as exc:
             self._kill()
             raise TrainerStopped(f"a generator actor failed to start:\n{exc}") from exc
