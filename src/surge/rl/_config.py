@@ -13,6 +13,8 @@ __all__ = ["RLConfig"]
 
 Mode = Literal["sync", "async"]
 Algorithm = Literal["grpo", "online_dpo"]
+LossType = Literal["grpo", "dr_grpo", "dapo"]
+ScaleRewards = Literal["group", "batch", "none"]
 EngineKind = Literal["thread", "process"]
 
 
@@ -52,8 +54,24 @@ class RLConfig:
       behaviour policy (classic PPO, TRL's async GRPO), so the clip alone bounds how far
       stale samples pull the policy.
     - ``ppo_epochs``: passes over each batch (``num_iterations`` / mu in TRL).
-    - ``clip_eps`` (PPO epsilon), ``is_cap`` (truncation C of importance weights, as in
-      truncated IS / TIS), ``dpo_beta``.
+    - ``epsilon`` and ``epsilon_high`` (TRL's names): the PPO ratio is clipped to
+      ``[1 - epsilon, 1 + epsilon_high]``; ``epsilon_high`` defaults to ``epsilon``
+      (DAPO's clip-higher uses 0.28 with ``epsilon=0.2``). ``is_cap`` (truncation C of
+      importance weights, as in truncated IS / TIS), ``dpo_beta``.
+    - ``loss_type``: how the token losses are averaged (TRL's names): ``"grpo"`` per
+      completion then over completions, ``"dr_grpo"`` by a constant (completions x
+      ``max_new_tokens``), ``"dapo"`` over every token of the step (the default, as in
+      TRL).
+    - ``beta``: weight of the k3 KL penalty to a frozen copy of the initial policy (TRL's
+      ``beta``; 0 keeps no reference model, TRL's default).
+    - ``scale_rewards``: divide group-centred rewards by the std of the ``"group"``
+      (GRPO), the ``"batch"``, or ``"none"`` (Dr. GRPO); True/False mean group/none.
+    - ``mask_truncated_completions``: completions cut at ``max_new_tokens`` before their
+      EOS take no part in the loss (their reward still counts in the group baseline).
+
+    Log-probabilities for the loss are computed with the model in eval mode (dropout
+    off, TRL's ``disable_dropout``), the mode the generator samples in, so on-policy
+    importance weights are 1.
 
     Placement:
 
@@ -78,9 +96,14 @@ class RLConfig:
     ppo_epochs: int = 1
     decoupled: bool = True
     lr: float = 1e-3
-    clip_eps: float = 0.2
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
     is_cap: float = 2.0
     dpo_beta: float = 0.1
+    beta: float = 0.0
+    loss_type: LossType = "dapo"
+    scale_rewards: ScaleRewards | bool = "group"
+    mask_truncated_completions: bool = False
     max_grad_norm: float = 1.0
     seed: int = 0
     engine: EngineKind = "thread"
@@ -122,8 +145,25 @@ class RLConfig:
                 f"max_inflight_tasks={self.max_inflight_tasks} is below the "
                 f"{self.groups_per_step} groups one step needs. HINT: leave it None."
             )
-        if self.lr <= 0 or self.clip_eps <= 0 or self.is_cap <= 0 or self.dpo_beta <= 0:
-            raise ValueError("lr, clip_eps, is_cap and dpo_beta must be > 0")
+        if self.lr <= 0 or self.epsilon <= 0 or self.is_cap <= 0 or self.dpo_beta <= 0:
+            raise ValueError("lr, epsilon, is_cap and dpo_beta must be > 0")
+        if self.epsilon_high is not None and self.epsilon_high <= 0:
+            raise ValueError(
+                f"epsilon_high must be > 0 or None, got {self.epsilon_high}. HINT: DAPO "
+                "uses 0.28 with epsilon=0.2."
+            )
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}. HINT: 0 turns the KL off.")
+        if self.loss_type not in ("grpo", "dr_grpo", "dapo"):
+            raise ValueError(
+                f"loss_type must be 'grpo', 'dr_grpo' or 'dapo', got {self.loss_type!r}"
+            )
+        if isinstance(self.scale_rewards, bool):  # TRL's older spelling
+            object.__setattr__(self, "scale_rewards", "group" if self.scale_rewards else "none")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(
+                f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}"
+            )
         if self.weight_sync_timeout <= 0:
             raise ValueError("weight_sync_timeout must be > 0 seconds")
 

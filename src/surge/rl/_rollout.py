@@ -19,13 +19,13 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from surge.rl._device import model_device
 from surge.rl._task import Task
+from surge.rl._text import IncrementalDecoder, left_pad
 
 __all__ = ["Generator", "Rollout", "rollout_from_dict", "rollout_to_dict"]
 
@@ -140,7 +140,10 @@ class Generator:
         start = time.perf_counter()
         prompts = [self.prompt(t) for t in tickets]
         dev = model_device(self.model)
-        rows = torch.tensor([p for p in prompts for _ in range(g)], dtype=torch.long, device=dev)
+        # Prompts of different lengths are left-padded, with a mask (None when they all
+        # have the same length, so mask-less models keep working).
+        rows, prompt_mask = left_pad([p for p in prompts for _ in range(g)], task.pad_id)
+        rows = rows.to(dev)
         noise = torch.stack([self._noise(t, m) for t in tickets for m in range(g)]).to(dev)
         n, steps = rows.shape[0], task.max_new_tokens
         out = torch.full((n, steps), task.pad_id, dtype=torch.long, device=dev)
@@ -148,11 +151,9 @@ class Generator:
         versions = torch.zeros(n, steps, dtype=torch.long, device=dev)
         mask = torch.zeros(n, steps, dtype=torch.bool, device=dev)
         alive = torch.ones(n, dtype=torch.bool, device=dev)
-        seq = rows
-        prefill: Any = getattr(self.model, "prefill", None)
-        decode: Any = getattr(self.model, "decode", None)
-        incremental = callable(prefill) and callable(decode)
-        cache: Any = None
+        decoder = IncrementalDecoder(
+            self.model, rows, None if prompt_mask is None else prompt_mask.to(dev)
+        )
         for i in range(steps):
             if self.in_flight_weight_updates and i > 0:
                 new = self._refresh(-1)
@@ -162,13 +163,7 @@ class Generator:
                     # chose it.
                     self.weight_updates_in_flight += 1
                     self.version = new
-            if not incremental:
-                raw = self.model(seq)[:, -1]
-            elif cache is None:
-                raw, cache = prefill(seq)
-            else:
-                raw, cache = decode(seq[:, -1], cache)
-            logits = torch.log_softmax(raw.float(), dim=-1)
+            logits = torch.log_softmax(decoder.logits().float(), dim=-1)
             tok = torch.argmax(logits + noise[:, i], dim=-1)
             tok = torch.where(alive, tok, torch.full_like(tok, task.pad_id))
             out[:, i] = tok
@@ -176,9 +171,9 @@ class Generator:
             versions[:, i] = self.version
             mask[:, i] = alive
             alive = alive & (tok != task.eos_id)
-            seq = torch.cat([seq, tok[:, None]], dim=1)
             if not bool(alive.any()):
                 break
+            decoder.append(tok)
         out, logp, versions, mask = (x.cpu() for x in (out, logp, versions, mask))
         result = []
         for j, (ticket, prompt) in enumerate(zip(tickets, prompts, strict=True)):

@@ -28,9 +28,9 @@ from surge.rl._device import Device, resolve_device
 from surge.rl._engines import Engine, OnError, OnResult, ProcessEngine, ThreadEngine
 from surge.rl._errors import TrainerStopped
 from surge.rl._losses import dpo_loss, group_advantages, grpo_loss, offpolicy_metrics
-from surge.rl._model import token_logprobs
 from surge.rl._rollout import Rollout, rollout_from_dict, rollout_to_dict
 from surge.rl._task import Task
+from surge.rl._text import completion_logprobs
 
 __all__ = ["StepStats", "Trainer"]
 
@@ -43,6 +43,10 @@ class StepStats:
 
     ``lag_*`` are policy versions between the step's weights and the oldest token of each
     group it trained on; ``tickets`` are the prompt groups it consumed, in order.
+    ``kl`` is the drift KL(behaviour || policy) of the samples, ``ref_kl`` the k3 KL to
+    the reference (0 unless ``beta > 0``), ``entropy`` the policy's mean per-token
+    entropy on the sampled completions. ``update_seconds`` is this step's optimizer
+    update; ``train_seconds`` and ``generation_seconds`` add up all steps so far.
     """
 
     step: int
@@ -65,6 +69,11 @@ class StepStats:
     mixed_version_groups: int
     tokens: int
     tickets: tuple[int, ...]
+    entropy: float = 0.0
+    ref_kl: float = 0.0
+    update_seconds: float = 0.0
+    train_seconds: float = 0.0
+    generation_seconds: float = 0.0
 
 
 class Trainer:
@@ -112,8 +121,9 @@ class Trainer:
         self.engine_factory = engine_factory
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=0.0)
         self.ref_model: nn.Module | None = None
-        if self.config.algorithm == "online_dpo":
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        if self.config.algorithm == "online_dpo" or self.config.beta > 0:
+            # A frozen copy of the initial policy: DPO's reference, and the KL anchor.
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.step = 0
         self.dropped = 0
         self.history: list[StepStats] = []
@@ -122,6 +132,7 @@ class Trainer:
         self._published = -1
         self._stop = False
         self._train_seconds = 0.0
+        self._last_update_seconds = 0.0
 
     # -- properties ----------------------------------------------------------------------
 
@@ -185,7 +196,8 @@ class Trainer:
                 rollouts = self._collect()
                 t0 = time.perf_counter()
                 metrics = self._update(rollouts)
-                self._train_seconds += time.perf_counter() - t0
+                self._last_update_seconds = time.perf_counter() - t0
+                self._train_seconds += self._last_update_seconds
                 self.step += 1
                 if self.step % cfg.sync_every == 0:
                     self._publish(engine)
@@ -330,47 +342,63 @@ class Trainer:
 
     def _update(self, rollouts: list[Rollout]) -> dict[str, float]:
         cfg, task = self.config, self.task
-        self.model.train()
-        p_len = task.prompt_len
+        # Dropout off (TRL's disable_dropout): log-probabilities in the mode the generator
+        # sampled in, so on-policy importance weights are exactly what sampling saw.
+        self.model.eval()
         dev = self.device
         completions = torch.cat([r.completions for r in rollouts]).to(dev)
         mask = torch.cat([r.mask for r in rollouts]).to(dev)
         width = int(mask.any(dim=0).nonzero().max()) + 1 if bool(mask.any()) else 1
         completions, mask = completions[:, :width], mask[:, :width]
         behaviour = torch.cat([r.behaviour_logprobs for r in rollouts])[:, :width].to(dev)
-        prompts = torch.tensor(
-            [r.prompt for r in rollouts for _ in range(cfg.group_size)], device=dev
-        )
-        tokens = torch.cat([prompts, completions], dim=1)
+        prompts = [r.prompt for r in rollouts for _ in range(cfg.group_size)]
         rewards = torch.stack([r.rewards for r in rollouts]).float().to(dev)
+        total_generated = int(mask.sum())
+        loss_mask = mask
+        if cfg.mask_truncated_completions:
+            ended = (mask & (completions == task.eos_id)).any(dim=1)
+            loss_mask = mask & ended[:, None]
         if cfg.algorithm == "online_dpo":
-            return self._dpo_update(tokens, mask, behaviour, rewards, p_len)
-        adv = group_advantages(rewards).reshape(-1)
-        total = int(mask.sum())  # the loss stays a mean over every generated token
+            return self._dpo_update(prompts, completions, loss_mask, behaviour, rewards)
+        adv = group_advantages(rewards, scale=cfg.scale_rewards).reshape(-1)  # type: ignore[arg-type]
+        total = int(loss_mask.sum())  # "dapo": the loss stays a mean over every token
+        num_completions = adv.numel()
         # A completion whose advantage is exactly 0 (every member of an all-correct group,
-        # for one) adds exactly nothing to the gradient; late in training that is most of
-        # the batch, so the forward and backward passes skip it.
+        # for one) adds exactly nothing to the policy gradient; late in training that is
+        # most of the batch, so the forward and backward passes skip it. Not with a KL
+        # penalty: that pulls on every completion.
         trained = (adv != 0).nonzero().flatten()
-        if trained.numel() < adv.numel():
-            tokens, mask, behaviour, adv = (x[trained] for x in (tokens, mask, behaviour, adv))
-        n = tokens.shape[0]
+        if cfg.beta == 0 and trained.numel() < adv.numel():
+            completions, mask, loss_mask, behaviour, adv = (
+                x[trained] for x in (completions, mask, loss_mask, behaviour, adv)
+            )
+            prompts = [prompts[i] for i in trained.tolist()]
+        n = completions.shape[0]
         micro = [
             slice(i * n // cfg.grad_accum, (i + 1) * n // cfg.grad_accum)
             for i in range(cfg.grad_accum)
         ]
         micro = [mb for mb in micro if mb.stop > mb.start]
+        pad = task.pad_id
         prox: torch.Tensor | None = None
-        if cfg.ppo_epochs > 1:  # later epochs need the policy as it was before the first
-            with torch.no_grad():
-                prox = token_logprobs(self.model, tokens, p_len)
-        loss_sum, clip_sum, prox_parts = 0.0, 0.0, []
+        ref: torch.Tensor | None = None
+        with torch.no_grad():
+            if cfg.ppo_epochs > 1 and n:  # later epochs need the policy as it was at first
+                prox = completion_logprobs(self.model, prompts, completions, pad)[0]
+            if self.ref_model is not None and cfg.beta > 0 and n:
+                ref = completion_logprobs(self.ref_model, prompts, completions, pad)[0]
+        loss_sum, clip_sum, kl_sum, prox_parts, entropy_parts = 0.0, 0.0, 0.0, [], []
         for epoch in range(cfg.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for mb in micro:
-                logp = token_logprobs(self.model, tokens[mb], p_len)
+                logp, entropy = completion_logprobs(
+                    self.model, prompts[mb], completions[mb], pad, entropy=epoch == 0
+                )
                 mb_prox = prox[mb] if prox is not None else logp.detach()
                 if epoch == 0:
                     prox_parts.append(mb_prox)
+                    assert entropy is not None
+                    entropy_parts.append(entropy)
                 if not cfg.decoupled:
                     # Classic PPO with the behaviour policy as the old policy: the clip
                     # itself bounds how far stale samples can pull the policy.
@@ -380,55 +408,74 @@ class Trainer:
                     mb_prox,
                     behaviour[mb],
                     adv[mb],
-                    mask[mb],
-                    clip_eps=cfg.clip_eps,
+                    loss_mask[mb],
+                    clip_eps=cfg.epsilon,
+                    clip_eps_high=cfg.epsilon_high,
                     is_cap=cfg.is_cap,
                     total_tokens=total,
+                    loss_type=cfg.loss_type,
+                    num_completions=num_completions,
+                    max_completion_length=task.max_new_tokens,
+                    ref_logp=ref[mb] if ref is not None else None,
+                    beta=cfg.beta,
                 )
                 out.loss.backward()  # type: ignore[no-untyped-call]
                 loss_sum += float(out.loss.detach())
                 clip_sum += out.clip_fraction / len(micro)
+                kl_sum += out.kl / len(micro)
             if not micro:  # a zero gradient still steps the optimizer, as it would unskipped
                 for p in self.model.parameters():
                     p.grad = torch.zeros_like(p)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
         ess, kl = offpolicy_metrics(torch.cat(prox_parts), behaviour, mask) if n else (1.0, 0.0)
+        entropy_mean = (
+            float(torch.cat(entropy_parts)[mask].mean()) if n and bool(mask.any()) else 0.0
+        )
         return {
             "loss": loss_sum / cfg.ppo_epochs,
             "clip_fraction": clip_sum / cfg.ppo_epochs,
             "ess": ess,
             "kl": kl,
-            "tokens": float(total),
+            "ref_kl": kl_sum / cfg.ppo_epochs,
+            "entropy": entropy_mean,
+            "tokens": float(total_generated),
         }
 
     def _dpo_update(
         self,
-        tokens: torch.Tensor,
+        prompts: list[list[int]],
+        completions: torch.Tensor,
         mask: torch.Tensor,
         behaviour: torch.Tensor,
         rewards: torch.Tensor,
-        p_len: int,
     ) -> dict[str, float]:
         cfg = self.config
         assert self.ref_model is not None
         g = cfg.group_size
+        pad = self.task.pad_id
         best, worst = rewards.argmax(dim=1), rewards.argmin(dim=1)
         valid = (rewards.max(dim=1).values > rewards.min(dim=1).values).nonzero().flatten()
         m = mask.float()
         with torch.no_grad():
-            current = token_logprobs(self.model, tokens, p_len)
+            current, entropy = completion_logprobs(
+                self.model, prompts, completions, pad, entropy=True
+            )
+        assert entropy is not None
         ess, kl = offpolicy_metrics(current, behaviour, mask)
         loss_value = 0.0
         if valid.numel():
             chosen = valid * g + best[valid]
             rejected = valid * g + worst[valid]
             rows = torch.cat([chosen, rejected])
+            row_prompts = [prompts[i] for i in rows.tolist()]
             with torch.no_grad():
-                ref = (token_logprobs(self.ref_model, tokens[rows], p_len) * m[rows]).sum(-1)
+                ref_logp = completion_logprobs(self.ref_model, row_prompts, completions[rows], pad)
+                ref = (ref_logp[0] * m[rows]).sum(-1)
             for _ in range(cfg.ppo_epochs):
                 self.optimizer.zero_grad(set_to_none=True)
-                seq = (token_logprobs(self.model, tokens[rows], p_len) * m[rows]).sum(-1)
+                logp = completion_logprobs(self.model, row_prompts, completions[rows], pad)[0]
+                seq = (logp * m[rows]).sum(-1)
                 k = valid.numel()
                 loss = dpo_loss(seq[:k], seq[k:], ref[:k], ref[k:], beta=cfg.dpo_beta)
                 loss.backward()  # type: ignore[no-untyped-call]
@@ -440,6 +487,8 @@ class Trainer:
             "clip_fraction": 0.0,
             "ess": ess,
             "kl": kl,
+            "ref_kl": 0.0,
+            "entropy": float(entropy[mask].mean()) if bool(mask.any()) else 0.0,
             "tokens": float(mask.sum()),
         }
 
@@ -471,6 +520,11 @@ class Trainer:
             mixed_version_groups=sum(1 for r in rollouts if r.mixed_versions),
             tokens=int(metrics["tokens"]),
             tickets=tuple(r.ticket for r in rollouts),
+            entropy=metrics["entropy"],
+            ref_kl=metrics["ref_kl"],
+            update_seconds=self._last_update_seconds,
+            train_seconds=self._train_seconds,
+            generation_seconds=engine.busy_seconds(),
         )
 
     # -- checkpoints ---------------------------------------------------------------------
