@@ -92,7 +92,10 @@ def test_poisoned_requests_are_sent_once(status: int) -> None:
 
     results, stats = asyncio.run(main())
     assert [r.ok for r in results] == [True, True, False, True, True]
-    assert results[2].attempts == 1 and results[2].error.status_code == status  # type: ignore[union-attr]
+    poisoned = results[2]
+    assert poisoned.attempts == 1 and isinstance(poisoned.error, httpx.HTTPStatusError)
+    assert isinstance(poisoned.failure, surge.BadRequestError)
+    assert poisoned.failure.status_code == status and not poisoned.failure.retryable
     assert stats["requests"] == 5
     assert results[0].usage is not None and results[0].usage.output_tokens > 0
 

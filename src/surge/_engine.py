@@ -29,6 +29,7 @@ from typing import Any, Generic, TypedDict, TypeVar, cast
 from typing_extensions import Unpack
 
 from surge._exceptions import (
+    AttemptTimeout,
     AuthenticationError,
     ConnectError,
     DeadlineExceeded,
@@ -36,6 +37,7 @@ from surge._exceptions import (
     QuotaExceededError,
     RateLimitError,
     RetryableError,
+    SurgeError,
 )
 from surge._feedback import (
     RateLimitHints,
@@ -417,11 +419,12 @@ class Run(Generic[T]):
                     raise
                 except Exception as exc:
                     latency = loop.time() - attempt_start
-                    error = classify(exc)
+                    error = exc
+                    failure = classify(exc)
                     hints = None
-                    if isinstance(error, RetryableError):
-                        hints = error.hints or RateLimitHints(retry_after=error.retry_after)
-                    rate_limited = isinstance(error, RateLimitError)
+                    if isinstance(failure, RetryableError):
+                        hints = failure.hints or RateLimitHints(retry_after=failure.retry_after)
+                    rate_limited = isinstance(failure, RateLimitError)
                     if rate_limited:
                         self._rate_limited += 1
                     self._limiter.release(
@@ -430,24 +433,28 @@ class Run(Generic[T]):
                         latency=latency,
                         hints=hints,
                     )
-                    if self._is_job_fault(error, loop.time()):
-                        self._on_fault(error)
+                    if self._is_job_fault(failure, loop.time()):
+                        self._on_fault(failure)
                         self._finish(
                             index, item, "cancelled", None, error, attempt, None, latency,
-                            first_start,
+                            first_start, failure,
                         )  # fmt: skip
                         return
-                    if isinstance(error, FatalError) or attempt > self._retry.max_retries:
+                    if isinstance(failure, FatalError) or attempt > self._retry.max_retries:
                         self._finish(
-                            index, item, "failed", None, error, attempt, None, latency, first_start
-                        )
+                            index, item, "failed", None, error, attempt, None, latency,
+                            first_start, failure,
+                        )  # fmt: skip
                         return
-                    delay = self._retry.delay(attempt, error, self._rng)
+                    delay = self._retry.delay(attempt, failure, self._rng)
                     self._retries += 1
                     if self._on_event is not None:
                         self._emit(
-                            Event("retry", index, loop.time(), attempt, error=error, delay=delay)
-                        )
+                            Event(
+                                "retry", index, loop.time(), attempt, error=error, delay=delay,
+                                failure=failure,
+                            )
+                        )  # fmt: skip
                     await asyncio.sleep(delay)
                     permit = await self._limiter.acquire(estimate)
                     continue
@@ -523,9 +530,18 @@ class Run(Generic[T]):
         if self._timeout is None:
             return await self._call_once(item)
         if sys.version_info >= (3, 11):
-            async with asyncio.timeout(self._timeout):
-                return await self._call_once(item)
-        return await asyncio.wait_for(self._call_once(item), self._timeout)  # pragma: no cover
+            deadline = asyncio.timeout(self._timeout)
+            try:
+                async with deadline:
+                    return await self._call_once(item)
+            except TimeoutError:
+                if deadline.expired():  # surge's timeout, not one the call raised itself
+                    raise AttemptTimeout(f"attempt ran past timeout={self._timeout}s") from None
+                raise
+        try:  # pragma: no cover
+            return await asyncio.wait_for(self._call_once(item), self._timeout)
+        except asyncio.TimeoutError:  # pragma: no cover
+            raise AttemptTimeout(f"attempt ran past timeout={self._timeout}s") from None
 
     async def _call_once(self, item: Any) -> Any:
         # A sync function's value is taken as is; an awaitable (coroutine functions, and
@@ -544,6 +560,7 @@ class Run(Generic[T]):
         usage: Usage | None,
         latency: float | None,
         started_at: float,
+        failure: SurgeError | None = None,
     ) -> None:
         assert self._loop is not None
         result: Result[T] = Result(
@@ -557,6 +574,7 @@ class Run(Generic[T]):
             latency=latency,
             started_at=started_at,
             finished_at=self._loop.time(),
+            failure=failure,
         )
         if status == "ok":
             self._succeeded += 1
@@ -571,7 +589,13 @@ class Run(Generic[T]):
         if self._on_event is not None:
             self._emit(
                 Event(
-                    "done", index, result.finished_at or 0.0, attempts, error=error, result=result
+                    "done",
+                    index,
+                    result.finished_at or 0.0,
+                    attempts,
+                    error=error,
+                    result=result,
+                    failure=result.failure,
                 )
             )
         if self._max_failures is not None and self._failed >= self._max_failures:

@@ -37,11 +37,23 @@ if TYPE_CHECKING:
 
 
 class SurgeError(Exception):
-    """Base of every error surge raises or records."""
+    """Base of every error surge raises or records.
+
+    Every class answers three questions the same way: `retryable` (is another attempt
+    worth it), `reason` (a short code for logs and reports: "rate_limited",
+    "auth_error", ...) and `status_code` (the HTTP status, when there was one).
+    """
+
+    retryable: bool = False
+    reason: str = "error"
+    status_code: int | None = None
 
 
 class RetryableError(SurgeError):
     """An attempt failed in a way another attempt may not."""
+
+    retryable = True
+    reason = "retryable_error"
 
     def __init__(
         self,
@@ -60,26 +72,42 @@ class RetryableError(SurgeError):
 class RateLimitError(RetryableError):
     """HTTP 429. `retry_after` is the provider's own wait, in seconds, when it gave one."""
 
+    reason = "rate_limited"
+
 
 class ServerError(RetryableError):
     """HTTP 5xx, 408 or 409."""
 
+    reason = "server_error"
+
 
 class TransportError(RetryableError):
     """The connection failed or the response could not be read."""
+
+    reason = "transport_error"
 
 
 class ConnectError(TransportError):
     """The connection could not be made at all (refused, DNS failure): nothing was sent,
     so nothing was paid. Retried per item; many in a row stop the run (a job-level fault)."""
 
+    reason = "connect_error"
+
 
 class AttemptTimeout(RetryableError):
     """One attempt took longer than the per-attempt `timeout=`."""
 
+    reason = "timeout"
+
 
 class FatalError(SurgeError):
-    """Retrying cannot help: surge records the failure after one attempt."""
+    """Retrying cannot help: surge records the failure after one attempt.
+
+    A plain FatalError (reason "call_error") stands for an exception surge does not
+    recognise, raised by the call itself: a bug, not a provider failure.
+    """
+
+    reason = "call_error"
 
     def __init__(self, message: str = "", *, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -89,9 +117,13 @@ class FatalError(SurgeError):
 class BadRequestError(FatalError):
     """HTTP 400, 404, 422 or another 4xx that says the request itself is wrong."""
 
+    reason = "bad_request"
+
 
 class AuthenticationError(FatalError):
     """HTTP 401 or 403."""
+
+    reason = "auth_error"
 
 
 class QuotaExceededError(FatalError):
@@ -100,17 +132,25 @@ class QuotaExceededError(FatalError):
     Not a rate limit: waiting does not help until someone adds credit, so it is never
     retried and stops the run (a job-level fault)."""
 
+    reason = "quota_exceeded"
+
 
 class BudgetExceeded(FatalError):
     """Starting the item would have passed the run's budget."""
+
+    reason = "budget_exceeded"
 
 
 class DeadlineExceeded(FatalError):
     """The overall `deadline=` passed before the item finished."""
 
+    reason = "deadline_exceeded"
+
 
 class FailedResultsError(SurgeError):
     """Raised by `Results.raise_for_failures()`; `.failures` holds the failed results."""
+
+    reason = "failed_results"
 
     def __init__(self, failures: Sequence[Result[Any]]) -> None:
         self.failures = list(failures)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from surge._exceptions import FailedResultsError
+from surge._exceptions import FailedResultsError, SurgeError
 
 T = TypeVar("T")
 
@@ -36,8 +36,23 @@ class Result(Generic[T]):
 
     `status` is `"ok"` (value holds the return value), `"failed"` (error holds the
     last error, after `attempts` attempts), `"not_started"` (an early stop kept it from
-    being dispatched: it was never sent) or `"cancelled"` (it was in flight when the run
-    was cancelled or hit its deadline). Times are event-loop seconds.
+    being dispatched: it was never sent) or `"cancelled"` (it was in flight or waiting
+    to retry when the run was cancelled, hit its deadline or stopped on a job-level
+    fault). Times are event-loop seconds.
+
+    `error` is the exception the call raised, as `asyncio.gather(...,
+    return_exceptions=True)` would give it: your own `ValueError`, the SDK's
+    `openai.BadRequestError`. Where surge itself cut the item short, it is surge's
+    reason: `AttemptTimeout`, `DeadlineExceeded`, or the job-level fault that stopped
+    the run (`Run.fault`).
+
+    `failure` is surge's reading of that error, a `SurgeError` (the same object when
+    the error already is one): `failure.retryable`, `failure.reason` (a short code such
+    as "rate_limited", "auth_error", "bad_request", "call_error"), `failure.status_code`::
+
+        for r in results:
+            if not r.ok:
+                print(r.index, r.failure.reason, r.failure.status_code, repr(r.error))
     """
 
     index: int
@@ -51,6 +66,12 @@ class Result(Generic[T]):
     """Duration of the last attempt."""
     started_at: float | None = None
     finished_at: float | None = None
+    failure: SurgeError | None = None
+    """surge's classification of `error` (filled in from it when not given)."""
+
+    def __post_init__(self) -> None:
+        if self.failure is None and self.error is not None:
+            object.__setattr__(self, "failure", _classify(self.error))
 
     @property
     def ok(self) -> bool:
@@ -149,6 +170,8 @@ class Event:
 
     kind: "start" (first attempt begins), "retry" (an attempt failed and another will
     follow, after `delay` seconds), "done" (the item finished; `result` is set).
+    `error` and `failure` are as on `Result`: the exception raised, and surge's
+    classification of it.
     """
 
     kind: Literal["start", "retry", "done"]
@@ -158,3 +181,14 @@ class Event:
     error: BaseException | None = None
     delay: float | None = None
     result: Result[Any] | None = None
+    failure: SurgeError | None = None
+
+    def __post_init__(self) -> None:
+        if self.failure is None and self.error is not None:
+            object.__setattr__(self, "failure", _classify(self.error))
+
+
+def _classify(error: BaseException) -> SurgeError:
+    from surge._retry import classify  # _retry reads these records: import at use
+
+    return classify(error)

@@ -293,7 +293,7 @@ class _Job:
     def on_event(self, event: Event) -> None:
         pack = self.in_flight.get(event.index)
         if event.kind == "retry" and pack is not None:
-            error = event.error
+            error = event.failure  # surge's reading of what the call raised
             status = getattr(error, "status_code", None)
             for item in pack:
                 self.journal.record_attempt(
@@ -328,7 +328,7 @@ class _Job:
             return
         if result.status != "failed":
             return  # not started or cancelled: stays pending for the next run
-        error = result.error
+        error = result.failure
         message = scrub(str(error) or type(error).__name__, self.api_key)
         for item in pack:
             self.journal.record(
