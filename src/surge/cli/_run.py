@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from surge.cli import app
 from surge.jobs import JobInputError, JobReport, JobSettings, JobSummary, Journal, run_job
+from surge.jobs.journal import lock_holder
 from surge.jobs.progress import ProgressDisplay
 
 
@@ -86,6 +88,14 @@ def run(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Send the job's failed items again."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing OUTPUT that no surge journal belongs to."
+    ),
+    recover: bool = typer.Option(
+        False,
+        "--recover",
+        help="Rebuild a lost or damaged journal: the answers OUTPUT holds are not asked again.",
+    ),
     json_summary: bool = typer.Option(
         False, "--json-summary", help="Print the summary as JSON on stdout."
     ),
@@ -101,7 +111,7 @@ def run(
         api_key_env=api_key_env, concurrency=concurrency, rpm=rpm, tpm=tpm, itpm=itpm, otpm=otpm, max_retries=max_retries,
         timeout=timeout, order=order, max_cost=max_cost, max_failures=max_failures, dry_run=dry_run,
         cache=not no_cache, prices=str(prices) if prices else None, embed_batch=embed_batch,
-        retry_failed=retry_failed,
+        retry_failed=retry_failed, overwrite=overwrite, recover=recover,
     )  # fmt: skip
     err = Console(stderr=True)
     try:
@@ -127,22 +137,24 @@ def status(
 ) -> None:
     """Summarise a job: done, failed by reason, pending, tokens, cost."""
     path = journal or Path(f"{output}.journal")
-    if not path.exists():
-        Console(stderr=True).print(
-            f"[red]error:[/] no journal at {path}. HINT: pass the OUTPUT given to surge run."
-        )
-        raise typer.Exit(2)
-    store = Journal(path)
-    try:
-        summary = store.summary()
-    finally:
-        store.close()
+    try:  # read-only and without the lock: works beside the run that holds it
+        store = Journal(path, readonly=True)
+        try:
+            summary = store.summary()
+        finally:
+            store.close()
+    except JobInputError as exc:  # missing, damaged, not a journal: said with a HINT
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    holder = lock_holder(path)
     if json_output:
-        print(
-            json.dumps(summary.__dict__ if hasattr(summary, "__dict__") else _summary_dict(summary))
-        )
+        out = _summary_dict(summary)
+        out["running"] = None if holder is None else asdict(holder)
+        print(json.dumps(out))
     else:
         Console().print(_summary_table(summary, title=f"job {output}"))
+        if holder is not None:
+            Console().print(f"running now: {holder.describe()}", highlight=False)
 
 
 def _summary_dict(summary: JobSummary) -> dict[str, Any]:
@@ -214,6 +226,12 @@ def _print_report(report: JobReport, settings: JobSettings, console: Console) ->
         )
     if report.output is not None:
         console.print(f"output: {report.output}   errors: {report.errors}")
+    if report.summary.cached:
+        console.print(
+            f"{report.summary.cached:,} answered from the cache (the same request to the same "
+            "server, asked before); --no-cache asks again.",
+            highlight=False,
+        )
     if report.outcome in ("interrupted", "stopped") or report.summary.pending:
         why = f" ({report.stopped_reason})" if report.stopped_reason else ""
         console.print(

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from surge.jobs._model import JobInputError
 from surge.jobs.journal import Journal
 
 FINISHED = ("done", "failed", "invalid")
@@ -26,6 +27,20 @@ FINISHED = ("done", "failed", "invalid")
 
 def errors_path(output: str | Path) -> Path:
     return Path(f"{output}.errors.jsonl")
+
+
+def check_overwrite(output: str | Path, journal: Path, *, overwrite: bool) -> None:
+    """Refuse, before anything is sent, to replace an output file that no surge journal
+    belongs to: it may be last week's results."""
+    output = Path(output)
+    if overwrite or journal.exists() or not output.exists():
+        return
+    raise JobInputError(
+        f"{output} already exists and no surge journal belongs to it (there is no "
+        f"{journal}), so it may hold earlier results. HINT: pass --overwrite to replace it, "
+        "-o another file to keep it, or --recover if it is this job's output and its "
+        "journal was lost (its answers are then not asked for again)."
+    )
 
 
 def output_record(row: sqlite3.Row) -> dict[str, Any]:

@@ -33,9 +33,10 @@ from surge.jobs._model import JobInputError
 from surge.jobs.cache import ResponseCache
 from surge.jobs.formats import read_requests
 from surge.jobs.journal import JobSummary, Journal, Outcome, PendingItem
-from surge.jobs.output import write_outputs
+from surge.jobs.output import check_overwrite, write_outputs
 from surge.jobs.pricing import PriceTable
 from surge.jobs.progress import ProgressDisplay, Snapshot
+from surge.jobs.recovery import recover_from_output
 from surge.jobs.tokens import estimate_input_tokens
 from surge.providers import Provider, ProviderResponse, make_provider, scrub
 
@@ -80,6 +81,8 @@ class JobSettings:
     prices: str | None = None
     embed_batch: int = 64
     retry_failed: bool = False
+    overwrite: bool = False
+    recover: bool = False
 
     @property
     def journal_path(self) -> Path:
@@ -144,9 +147,13 @@ class _Job:
         self.prices = (
             PriceTable.from_file(settings.prices) if settings.prices else PriceTable.default()
         )
-        self.journal = Journal(settings.journal_path)
+        self.journal = Journal(settings.journal_path, recover=settings.recover)
         self.cache = (
-            ResponseCache(settings.cache_dir) if settings.cache and not settings.dry_run else None
+            ResponseCache(
+                settings.cache_dir, provider=settings.provider, base_url=settings.base_url
+            )
+            if settings.cache and not settings.dry_run
+            else None
         )
         self.api_key_env = settings.api_key_env or DEFAULT_KEY_ENV.get(
             settings.provider, "OPENAI_API_KEY"
@@ -424,10 +431,10 @@ class _Job:
                 await ticker
             if installed:
                 loop.remove_signal_handler(signal.SIGINT)
-            self.journal.commit()
+            await self.provider.aclose()
             if self.cache is not None:
                 self.cache.commit()
-            await self.provider.aclose()
+            self.journal.commit()  # last: raises the failure of a background commit
         if interrupted:
             outcome = "interrupted"
         reason = stream.statistics().stopped
@@ -488,10 +495,17 @@ async def run_job(settings: JobSettings, *, display: ProgressDisplay | None = No
     display = display or ProgressDisplay(enabled=False)
     if settings.order not in ("input", "completion"):
         raise JobInputError(f"--order must be input or completion, got {settings.order!r}")
+    if not settings.dry_run:
+        overwrite = settings.overwrite or settings.recover
+        check_overwrite(settings.output, settings.journal_path, overwrite=overwrite)
     job = _Job(settings, display=display)
     start = time.monotonic()
     try:
         job.ingest()
+        if settings.recover:
+            recover_from_output(
+                job.journal, settings.output, cost_of=job.cost_of, note=display.note
+            )
         if settings.dry_run:
             tokens, cost = job.dry_run()
             return JobReport("dry_run", job.journal.summary(), time.monotonic() - start, None, None, None,
