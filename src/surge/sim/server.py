@@ -157,8 +157,10 @@ class SimApp:
         0
     """
 
-    def __init__(self, config: SimConfig) -> None:
+    def __init__(self, config: SimConfig, *, policy: Any = None) -> None:
         self.config = config
+        # A surge.sim._policy.PolicyHost: a real model behind the TRL/SGLang endpoints.
+        self.policy = policy
         self.limiter = Limiter(
             {
                 "requests": config.rpm,
@@ -223,6 +225,8 @@ class SimApp:
         self.closing = True
         for future in list(self._sleepers):
             _wake(future)
+        if self.policy is not None:
+            self.policy.close()
 
     async def _sleep(self, delay: float) -> None:
         if delay <= 0 or self.closing:
@@ -246,6 +250,9 @@ class SimApp:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
+        if self.policy is not None and self.policy.serves(method, path):
+            await self._serve_policy(method, path, receive, send)
+            return
         route = _route(path)
         if method == "POST":
             raw = await self._read_body(receive)
@@ -272,6 +279,13 @@ class SimApp:
             await _respond(send, 405, _error(False, 405, f"Method {method} not allowed"))
         else:
             await _not_found(scope, send, method, path)
+
+    async def _serve_policy(self, method: str, path: str, receive: Receive, send: Send) -> None:
+        raw = await self._read_body(receive) if method == "POST" else b""
+        if raw is None:
+            return
+        status, body = await self.policy.handle(method, path, raw)
+        await _respond(send, status, _dumps(body))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -925,6 +939,7 @@ async def serve(
     profile: str | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    policy: Any = None,
     **changes: Any,
 ) -> AsyncIterator[SimServer]:
     """Run a simulator on the current event loop for the duration of the block.
@@ -933,6 +948,10 @@ async def serve(
     (no limits, no latency), with ``changes`` applied (``SimConfig.replace``). Port 0
     picks a free port. On exit pending delays are fast-forwarded and hangs answered,
     so it shuts down at once.
+
+    ``policy`` (a torch model, or a ``surge.sim._policy.PolicyHost``) serves that model
+    behind the TRL ``vllm-serve`` and SGLang endpoints surge.rl speaks (see
+    ``surge.sim._policy``).
 
     Example:
         >>> import httpx
@@ -945,7 +964,11 @@ async def serve(
         (200, '600')
     """
     cfg = resolve(config, profile, changes)
-    app = SimApp(cfg)
+    if policy is not None and not hasattr(policy, "serves"):
+        from surge.sim._policy import PolicyHost
+
+        policy = PolicyHost(policy)
+    app = SimApp(cfg, policy=policy)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -1016,6 +1039,7 @@ def serve_in_thread(
     profile: str | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
+    policy: Any = None,
     **changes: Any,
 ) -> Iterator[SimServer]:
     """Like ``serve`` but on its own event loop in a background thread, for sync code.
@@ -1031,7 +1055,9 @@ def serve_in_thread(
 
     async def main() -> None:
         try:
-            async with serve(config, profile=profile, host=host, port=port, **changes) as server:
+            async with serve(
+                config, profile=profile, host=host, port=port, policy=policy, **changes
+            ) as server:
                 stop = asyncio.Event()
                 box["server"], box["stop"] = server, stop
                 ready.set()
