@@ -37,7 +37,9 @@ def run(
     input: str = typer.Argument(
         ..., help="Input file (OpenAI Batch JSONL, JSONL, CSV, Parquet) or - for stdin."
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="Output file (.jsonl, or .parquet)."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Output file: .jsonl (Batch output format), .csv or .parquet."
+    ),
     base_url: str | None = typer.Option(None, help="API base URL, e.g. http://127.0.0.1:8000/v1."),
     model: str | None = typer.Option(None, help="Model for lines that do not name one."),
     provider: str = typer.Option(
@@ -122,6 +124,12 @@ def run(
     except KeyboardInterrupt:  # Ctrl-C before the run installed its own handler
         err.print("interrupted; nothing lost: rerun the same command to resume")
         raise typer.Exit(130) from None
+    if report.summary.total == 0:  # not an error (a query may select nothing), but say so
+        source = "stdin" if input == "-" else input
+        err.print(
+            f"[yellow]warning:[/] {source} holds no requests (it is empty): nothing was sent.",
+            highlight=False,
+        )
     if json_summary:
         print(json.dumps(_summary_json(report, settings)))
     else:

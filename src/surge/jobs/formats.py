@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "FORMATS",
     "Format",
+    "check_input",
     "derived_id",
     "detect_format",
     "estimate_input_tokens",
@@ -173,23 +174,23 @@ def read_requests(
         ...     print(item.custom_id if isinstance(item, Request) else f"bad: {item}")
     """
     name = _display(path)
-    if format is not None and format not in FORMATS:
-        raise JobInputError(f"{name}: unknown format {format!r}; {_FORMATS_HELP}")
+    _check_options(path, format, endpoint)
     url = _endpoint_option(endpoint)
     settings = _Settings(name, url, model, dict(defaults or {}))
 
     peeked: list[bytes] = []
     if path == STDIN:
-        if format == "parquet":
-            raise JobInputError(
-                "<stdin>: Parquet cannot be read from stdin (it needs random access). "
-                "HINT: pass the file's path instead of -"
-            )
         if format is None:
             peeked, first = _peek(sys.stdin.buffer)
-            format = detect_format(path, _decode_loosely(first) if first is not None else None)
+            # Nothing but blank lines: an empty input (no requests), whatever its format.
+            format = "jsonl" if first is None else detect_format(path, _decode_loosely(first))
     elif format is None:
-        format = detect_format(path)
+        try:
+            format = detect_format(path)
+        except JobInputError:
+            if not _is_blank(path):
+                raise
+            format = "jsonl"  # an empty input: no requests
     else:
         _open(path).close()  # an unreadable path stops here, not at the first next()
 
@@ -210,7 +211,61 @@ def read_requests(
     return _parquet_requests(path, settings, prompt_column, template, id_column)
 
 
+def check_input(
+    path: str,
+    *,
+    format: Format | None = None,
+    model: str | None = None,
+    endpoint: Endpoint | None = None,
+    prompt_column: str | None = None,
+    template: str | None = None,
+    id_column: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
+    """Raise the JobInputError that `read_requests` would raise before its first
+    request, without reading a request: so a job can refuse bad options before it
+    creates anything. A file is opened (and a CSV header or Parquet schema read); stdin
+    is not touched, so only the format and endpoint options are checked for it.
+
+        >>> check_input("prompts.jsonl", format="xlsx")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        surge.jobs._model.JobInputError: prompts.jsonl: unknown format 'xlsx'; ...
+    """
+    if path == STDIN:
+        _check_options(path, format, endpoint)
+        return
+    records = read_requests(
+        path, format=format, model=model, endpoint=endpoint, prompt_column=prompt_column,
+        template=template, id_column=id_column, defaults=defaults,
+    )  # fmt: skip
+    close = getattr(records, "close", None)
+    if close is not None:
+        close()
+
+
+def _check_options(path: str, format: str | None, endpoint: str | None) -> None:
+    name = _display(path)
+    if format is not None and format not in FORMATS:
+        raise JobInputError(f"{name}: unknown format {format!r}; {_FORMATS_HELP}")
+    _endpoint_option(endpoint)
+    if path == STDIN and format == "parquet":
+        raise JobInputError(
+            "<stdin>: Parquet cannot be read from stdin (it needs random access). "
+            "HINT: pass the file's path instead of -"
+        )
+
+
 # -- sources ------------------------------------------------------------------------------
+
+
+def _is_blank(path: str) -> bool:
+    """Whether a file holds nothing but blank lines (an empty input). Reads only as far
+    as the first non-blank byte."""
+    with _open(path) as stream:
+        for raw in stream:
+            if raw.strip():
+                return False
+    return True
 
 
 def _display(path: str) -> str:

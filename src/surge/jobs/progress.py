@@ -6,13 +6,15 @@ the bar says and what the summary says cannot disagree.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Column
 
 
 @dataclass
@@ -24,50 +26,99 @@ class Snapshot:
     retries: int
     rate_limited: int
     tokens: int
-    cost: float
+    cost: float | None
     elapsed: float
 
-    def line(self) -> str:
-        rate = self.done / self.elapsed if self.elapsed > 0 else 0.0
-        tokens_rate = self.tokens / self.elapsed if self.elapsed > 0 else 0.0
+    @property
+    def rate(self) -> float:
+        """Items finished per second so far."""
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until every item is finished at the rate so far; None before any."""
         remaining = self.total - self.done - self.failed
-        eta = remaining / rate if rate > 0 else float("inf")
-        eta_text = f"{eta:,.0f}s" if eta != float("inf") else "?"
+        if remaining <= 0:
+            return 0.0
+        return remaining / self.rate if self.rate > 0 else None
+
+    def line(self) -> str:
+        tokens_rate = self.tokens / self.elapsed if self.elapsed > 0 else 0.0
+        eta_text = "?" if self.eta is None else f"{self.eta:,.0f}s"
         return (
-            f"{self.done + self.failed:,}/{self.total:,} finished | {rate:,.1f} req/s | "
+            f"{self.done + self.failed:,}/{self.total:,} finished | {self.rate:,.1f} req/s | "
             f"{tokens_rate:,.0f} tok/s | in flight {self.in_flight} | retries {self.retries} | "
-            f"429s {self.rate_limited} | failed {self.failed} | ETA {eta_text} | ${self.cost:,.4f}"
+            f"429s {self.rate_limited} | failed {self.failed} | ETA {eta_text} | {_usd(self.cost)}"
         )
 
 
+def _usd(cost: float | None) -> str:
+    if cost is None:
+        return "$?"
+    return f"${cost:,.4f}" if cost < 1 else f"${cost:,.2f}"
+
+
+def _duration(seconds: float | None) -> str:
+    """42s, 4m05s, 27h46m: short enough for an 80-column progress line."""
+    if seconds is None:
+        return "?"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:,}h{minutes:02d}m"
+
+
+# Columns the bar keeps on a narrow terminal before the numbers give way.
+_MIN_BAR = 10
+
+
+def _per_second(rate: float) -> str:
+    return f"{rate:,.1f} req/s" if rate < 100 else f"{rate:,.0f} req/s"
+
+
 class ProgressDisplay:
-    """`update(snapshot)` as often as you like; it redraws or logs at its own pace."""
+    """`update(snapshot)` as often as you like; it redraws or logs at its own pace.
+
+    On a terminal: a bar and short columns (finished/total, ETA, cost, req/s, 429s and
+    failures), each its own rich column so that an 80-column terminal shrinks the bar,
+    never the numbers. Elsewhere: a log line every `interval` seconds. Pass `console`
+    to draw on a console of your own (tests record one 80 columns wide).
+    """
 
     def __init__(
-        self, *, enabled: bool = True, stream: TextIO | None = None, interval: float = 5.0
+        self,
+        *,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        interval: float = 5.0,
+        console: Console | None = None,
     ) -> None:
         self._stream = stream or sys.stderr
         self._enabled = enabled
-        self._tty = enabled and self._stream.isatty()
+        self.console = console or Console(file=self._stream)
+        self._tty = enabled and (
+            self.console.is_terminal if console is not None else self._stream.isatty()
+        )
         self._interval = interval
-        self._last_log = 0.0
+        self._last_log = -math.inf  # the first update is logged at once
         self._progress: Progress | None = None
         self._task: Any = None
-        self.console = Console(file=self._stream)
 
     def __enter__(self) -> ProgressDisplay:
         if self._tty:
             self._progress = Progress(
-                TextColumn("[bold]surge run"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeElapsedColumn(),
+                BarColumn(bar_width=None),
+                TextColumn("{task.fields[stats]}", table_column=Column(no_wrap=True)),
                 console=self.console,
                 transient=False,
+                expand=True,
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task("run", total=None, stats="")
+            self._task = self._progress.add_task("surge run", total=None, stats="starting")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -79,18 +130,37 @@ class ProgressDisplay:
         if not self._enabled:
             return
         if self._progress is not None:
-            stats = snapshot.line().split(" | ", 1)[1]
+            finished = snapshot.done + snapshot.failed
             self._progress.update(
                 self._task,
-                completed=snapshot.done + snapshot.failed,
+                completed=finished,
                 total=snapshot.total,
-                stats=stats,
+                stats=self._stats(snapshot, self.console.width - _MIN_BAR - 1),
             )
             return
         now = time.monotonic()
         if force or now - self._last_log >= self._interval:
             self._last_log = now
             print(f"[surge] {snapshot.line()}", file=self._stream, flush=True)
+
+    @staticmethod
+    def _stats(snapshot: Snapshot, width: int) -> str:
+        """Finished/total, ETA and cost always; 429s/failures, then req/s, while they
+        fit in `width` (the bar takes the rest)."""
+        finished = snapshot.done + snapshot.failed
+        trouble = f"429s {snapshot.rate_limited:,}"
+        if snapshot.failed:
+            trouble += f" failed {snapshot.failed:,}"
+        essentials = [
+            f"{finished:,}/{snapshot.total:,}",
+            f"ETA {_duration(snapshot.eta)}",
+            _usd(snapshot.cost),
+        ]
+        with_trouble = [*essentials, trouble]
+        if len(" ".join(with_trouble)) > width:
+            with_trouble = essentials
+        everything = [*essentials, _per_second(snapshot.rate), *with_trouble[3:]]
+        return " ".join(everything if len(" ".join(everything)) <= width else with_trouble)
 
     def note(self, message: str) -> None:
         if self._enabled:

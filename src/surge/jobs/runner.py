@@ -31,9 +31,9 @@ from surge._feedback import extract_usage
 from surge._results import Event, Result, RunStatistics, Usage
 from surge.jobs._model import JobInputError
 from surge.jobs.cache import ResponseCache
-from surge.jobs.formats import read_requests
+from surge.jobs.formats import check_input, read_requests
 from surge.jobs.journal import JobSummary, Journal, Outcome, PendingItem
-from surge.jobs.output import check_overwrite, write_outputs
+from surge.jobs.output import check_overwrite, output_format, write_outputs
 from surge.jobs.pricing import PriceTable
 from surge.jobs.progress import ProgressDisplay, Snapshot
 from surge.jobs.recovery import recover_from_output
@@ -495,6 +495,14 @@ async def run_job(settings: JobSettings, *, display: ProgressDisplay | None = No
     display = display or ProgressDisplay(enabled=False)
     if settings.order not in ("input", "completion"):
         raise JobInputError(f"--order must be input or completion, got {settings.order!r}")
+    # Bad options, a missing input or an output name we cannot write: refused before
+    # the journal exists, so a corrected rerun does not meet an empty job.
+    output_format(settings.output)
+    check_input(
+        settings.input, format=settings.format, model=settings.model,  # type: ignore[arg-type]
+        endpoint=settings.endpoint, prompt_column=settings.prompt_column,  # type: ignore[arg-type]
+        template=settings.template, id_column=settings.id_column, defaults=settings.defaults,
+    )  # fmt: skip
     if not settings.dry_run:
         overwrite = settings.overwrite or settings.recover
         check_overwrite(settings.output, settings.journal_path, overwrite=overwrite)
