@@ -461,7 +461,6 @@ class _Job:
     async def _tick(self, stream: surge.Run[Any]) -> None:
         while True:
             self.display.update(self._snapshot(stream))
-            self.journal.maybe_commit()
             await asyncio.sleep(0.25)
 
     def _snapshot(self, stream: surge.Run[Any]) -> Snapshot:
