@@ -33,6 +33,8 @@ def test_public_names_are_exactly_these() -> None:
             "Task", "ThreadEngine", "TinyLM", "TinyLMConfig", "Trainer", "TrainerStopped",
             "WeightLayout", "WeightSync", "WeightSyncStats", "WeightSyncTimeout", "dpo_loss",
             "group_advantages", "grpo_loss", "offpolicy_metrics", "token_logprobs",
+            "TextTask", "completion_logprobs", "evaluate", "extract_answer", "gsm8k_reward",
+            "kl_k3", "load_rows", "supervised_warmup", "train_tokenizer", "word_problems",
         ]
     )  # fmt: skip
     for name in set(surge.rl.__all__) - {"WeightPusher"}:  # a type alias

@@ -26,22 +26,34 @@ Pieces, each replaceable:
   :class:`OpenAIEngine` (a vLLM-style server, requests through :func:`surge.gather`),
   :class:`RayEngine` (a pool of Ray actors with their own CPU/GPU resource requests).
 - :class:`Task` (prompt sampler + reward), :class:`ReverseDigits` (the demo task),
+  :class:`TextTask` (rows of text or chat prompts, any Hugging Face tokenizer, a reward
+  on the decoded completion), :func:`word_problems` + :func:`gsm8k_reward` (arithmetic
+  word problems in GSM8k's ``#### 42`` format),
   :class:`TinyLM` (a transformer built from a config, with KV-cached decoding),
   :class:`HFCausalLM` (any ``transformers`` causal LM as the policy).
 
 Requires the ``rl`` extra (``pip install 'surge[rl]'``) for torch.
 """
 
+from surge.rl._arith import extract_answer, gsm8k_reward, word_problems
 from surge.rl._config import RLConfig
 from surge.rl._engines import DistributedWeightSync, Engine, ProcessEngine, ThreadEngine
 from surge.rl._errors import RLError, TrainerStopped, WeightSyncTimeout
 from surge.rl._hf import HFCausalLM
-from surge.rl._losses import dpo_loss, group_advantages, grpo_loss, offpolicy_metrics
+from surge.rl._losses import dpo_loss, group_advantages, grpo_loss, kl_k3, offpolicy_metrics
 from surge.rl._model import TinyLM, TinyLMConfig, token_logprobs
 from surge.rl._openai import OpenAIEngine, WeightPusher, disk_weight_pusher
 from surge.rl._ray import RayEngine
 from surge.rl._rollout import Generator, Rollout
 from surge.rl._task import ReverseDigits, Task
+from surge.rl._text import (
+    TextTask,
+    completion_logprobs,
+    evaluate,
+    load_rows,
+    supervised_warmup,
+    train_tokenizer,
+)
 from surge.rl._trainer import StepStats, Trainer
 from surge.rl._weights import InProcessWeightSync, WeightLayout, WeightSync, WeightSyncStats
 
@@ -60,6 +72,7 @@ __all__ = [
     "Rollout",
     "StepStats",
     "Task",
+    "TextTask",
     "ThreadEngine",
     "TinyLM",
     "TinyLMConfig",
@@ -70,10 +83,19 @@ __all__ = [
     "WeightSync",
     "WeightSyncStats",
     "WeightSyncTimeout",
+    "completion_logprobs",
     "disk_weight_pusher",
     "dpo_loss",
+    "evaluate",
+    "extract_answer",
     "group_advantages",
     "grpo_loss",
+    "gsm8k_reward",
+    "kl_k3",
+    "load_rows",
     "offpolicy_metrics",
+    "supervised_warmup",
     "token_logprobs",
+    "train_tokenizer",
+    "word_problems",
 ]

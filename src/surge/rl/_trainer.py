@@ -429,9 +429,16 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
         ess, kl = offpolicy_metrics(torch.cat(prox_parts), behaviour, mask) if n else (1.0, 0.0)
-        entropy_mean = (
-            float(torch.cat(entropy_parts)[mask].mean()) if n and bool(mask.any()) else 0.0
-        )
+        if n:
+            entropy_mean = float(torch.cat(entropy_parts)[mask].mean()) if bool(mask.any()) else 0.0
+        else:  # nothing to learn from this step; entropy is still worth a line on the plot
+            with torch.no_grad():
+                all_prompts = [r.prompt for r in rollouts for _ in range(cfg.group_size)]
+                every = torch.cat([r.completions for r in rollouts]).to(dev)[:, :width]
+                every_mask = torch.cat([r.mask for r in rollouts]).to(dev)[:, :width]
+                ent = completion_logprobs(self.model, all_prompts, every, pad, entropy=True)[1]
+                assert ent is not None
+                entropy_mean = float(ent[every_mask].mean()) if bool(every_mask.any()) else 0.0
         return {
             "loss": loss_sum / cfg.ppo_epochs,
             "clip_fraction": clip_sum / cfg.ppo_epochs,
