@@ -6,6 +6,7 @@ import base64
 import io
 import re
 import sqlite3
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +49,18 @@ def test_real_job_report_has_every_plot_and_the_header(real_report: tuple[Path, 
     summary = Image.open(png_path)
     assert summary.size[0] > 1000 and summary.size[1] > 1500
     # Header: the numbers come from the journal.
+    # Header: the limits the job ran under, the server's RPM (3,000) below the given 6,000.
     for text in (
         "sim-small",
-        "RPM 6,000/min",
-        "TPM not set",
-        "concurrency 24",
+        "RPM 3,000/min (the server's headers; 6,000/min given)",
+        "TPM none (not given, and the server's headers published none)",
+        "at most 24 in flight",
         "1: complete",
         "<th>failed</th><td>2</td>",
+        "<td>3,000/min (headers)</td><td>none</td><td>24</td>",
     ):
-        assert text in html, text
+        assert text in unescape(html), text
+    assert "not set" not in html
     assert re.search(r"retried attempts</th><td>[1-9][\d,]* \([1-9][\d,]* were 429", html), (
         "expected retries and 429s"
     )

@@ -18,10 +18,48 @@ import numpy as np
 import numpy.typing as npt
 
 from surge.jobs import JobInputError
+from surge.jobs.runner import RUN_LIMITS_PREFIX
 
 FloatArray = npt.NDArray[np.float64]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+# The limiter's bucket for each per-minute limit, and the `surge run` option that sets it.
+LIMITS = (("RPM", "requests", "rpm"), ("TPM", "tokens", "tpm"),
+          ("ITPM", "input_tokens", "itpm"), ("OTPM", "output_tokens", "otpm"))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A per-minute limit a run ran under: the one given on the command line, or the
+    one learned from the provider's headers (the lower, when both)."""
+
+    name: str  # RPM, TPM, ITPM, OTPM
+    per_minute: float | None  # what the run ran under; None: no such limit
+    given: float | None  # what `surge run` was told
+    recorded: bool  # the journal says what the run ran under (surge 0.x journals do not)
+
+    def describe(self) -> str:
+        """The limit in plain words.
+
+        Example:
+            >>> Limit("RPM", 3000.0, 6000.0, True).describe()
+            "3,000/min (the server's headers; 6,000/min given)"
+        """
+        given = f"{self.given:,g}/min" if self.given else None
+        if self.per_minute is None:
+            if given:
+                return f"{given} (given)"
+            if self.recorded:
+                return "none (not given, and the server's headers published none)"
+            return "not set"
+        value = f"{self.per_minute:,g}/min"
+        if given is None:
+            return f"{value} (from the server's headers)"
+        if self.given is not None and self.per_minute < self.given:
+            return f"{value} (the server's headers; {given} given)"
+        return f"{value} (given)"
 
 
 @dataclass(frozen=True)
@@ -32,6 +70,19 @@ class Run:
     ended: float | None
     outcome: str | None
     settings: dict[str, Any]
+    limits: dict[str, float | None] = field(default_factory=dict)
+    """What the run's limiter enforced, by bucket (``requests``, ``tokens``...) and
+    ``concurrency``: given or learned from headers. Empty when not recorded."""
+
+    def limit(self, name: str) -> Limit:
+        """The run's RPM, TPM, ITPM or OTPM limit."""
+        for label, bucket, option in LIMITS:
+            if label == name:
+                given = self.settings.get(option)
+                given = float(given) if isinstance(given, (int, float)) and given > 0 else None
+                learned = self.limits.get(bucket)
+                return Limit(label, given if learned is None else learned, given, bool(self.limits))
+        raise KeyError(name)
 
 
 @dataclass(frozen=True)
@@ -69,8 +120,21 @@ class JobData:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """The latest run's settings: the limits the job ran under last."""
+        """The latest run's settings: what `surge run` was told last."""
         return self.runs[-1].settings if self.runs else {}
+
+    def limit(self, name: str) -> Limit:
+        """The latest run's RPM, TPM, ITPM or OTPM limit (given or from the headers)."""
+        return (self.runs[-1] if self.runs else Run(0.0, None, None, {})).limit(name)
+
+    @property
+    def concurrency(self) -> int | None:
+        """The latest run's cap on requests in flight."""
+        if not self.runs:
+            return None
+        run = self.runs[-1]
+        value = run.limits.get("concurrency", run.settings.get("concurrency"))
+        return int(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 def resolve_journal(job: str | Path) -> Path:
@@ -165,16 +229,14 @@ def _load(db: sqlite3.Connection, journal: Path) -> JobData:
             "WHERE state IN ('failed', 'invalid') GROUP BY 1 ORDER BY 2 DESC, 1"
         )
     }
-    runs_raw: list[tuple[float, float | None, dict[str, Any], str | None]] = []
+    limits = _run_limits(db) if "meta" in tables else {}
+    runs_raw: list[tuple[float, float | None, dict[str, Any], str | None, dict[str, Any]]] = []
     if "runs" in tables:
-        for started, ended, settings, outcome in db.execute(
-            "SELECT started_at, ended_at, settings, outcome FROM runs ORDER BY rowid"
+        for run_id, started, ended, settings, outcome in db.execute(
+            "SELECT rowid, started_at, ended_at, settings, outcome FROM runs ORDER BY rowid"
         ):
-            try:
-                parsed = json.loads(settings)
-            except (TypeError, ValueError):
-                parsed = {}
-            runs_raw.append((started, ended, parsed if isinstance(parsed, dict) else {}, outcome))
+            parsed = _json_object(settings)
+            runs_raw.append((started, ended, parsed, outcome, limits.get(int(run_id), {})))
     has_attempts = "attempts" in tables
     retried_by_reason: dict[str, int] = {}
     if has_attempts:
@@ -191,7 +253,7 @@ def _load(db: sqlite3.Connection, journal: Path) -> JobData:
         "SELECT MIN(COALESCE(started_at, finished_at)), MAX(finished_at) FROM items"
     ).fetchone()
     bounds = [first, last]
-    for started, ended, _, _ in runs_raw:
+    for started, ended, *_ in runs_raw:
         bounds += [started, ended]
     if has_attempts:
         bounds += list(db.execute("SELECT MIN(at), MAX(at) FROM attempts").fetchone())
@@ -240,10 +302,33 @@ def _load(db: sqlite3.Connection, journal: Path) -> JobData:
                 ended=None if e is None else float(e - origin),
                 outcome=o,
                 settings=st,
+                limits={k: v for k, v in lim.items() if isinstance(v, (int, float))},
             )
-            for s, e, st, o in runs_raw
+            for s, e, st, o, lim in runs_raw
         ],
     )
+
+
+def _json_object(text: Any) -> dict[str, Any]:
+    try:
+        parsed = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _run_limits(db: sqlite3.Connection) -> dict[int, dict[str, Any]]:
+    """Run id -> the limits `surge run` recorded for it (see `surge.jobs.runner`)."""
+    found: dict[int, dict[str, Any]] = {}
+    rows = db.execute(
+        "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?",
+        (len(RUN_LIMITS_PREFIX), RUN_LIMITS_PREFIX),
+    )
+    for key, value in rows:
+        run_id = str(key)[len(RUN_LIMITS_PREFIX) :]
+        if run_id.isdigit():
+            found[int(run_id)] = _json_object(value)
+    return found
 
 
 def _empty() -> FloatArray:

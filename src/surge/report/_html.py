@@ -12,7 +12,7 @@ import base64
 from datetime import datetime, timezone
 from html import escape
 
-from surge.report._data import JobData, safe_url
+from surge.report._data import JobData, Run, safe_url
 from surge.report._plots import PLOTS, render, usd
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
@@ -65,8 +65,24 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
 
-def _limit(value: object) -> str:
-    return f"{value:,g}/min" if isinstance(value, (int, float)) and value else "not set"
+def _limits_text(data: JobData) -> str:
+    """The latest run's limits in words; ITPM/OTPM only where there were any."""
+    parts = []
+    for name in ("RPM", "TPM", "ITPM", "OTPM"):
+        limit = data.limit(name)
+        if name in ("RPM", "TPM") or limit.per_minute is not None or limit.given is not None:
+            parts.append(f"{name} {limit.describe()}")
+    concurrency = data.concurrency
+    parts.append(f"at most {concurrency:,} in flight" if concurrency else "no concurrency cap")
+    return "; ".join(parts)
+
+
+def _limit_cell(run: Run, name: str) -> str:
+    limit = run.limit(name)
+    if limit.per_minute is None:
+        return "none" if limit.recorded else "not set"
+    learned = limit.given is None or limit.per_minute < limit.given
+    return f"{limit.per_minute:,g}/min" + (" (headers)" if learned else "")
 
 
 def header_rows(data: JobData) -> list[tuple[str, str]]:
@@ -103,11 +119,7 @@ def header_rows(data: JobData) -> list[tuple[str, str]]:
         ("model", str(settings.get("model") or "as each line names it")),
         ("provider", str(settings.get("provider") or "unknown")),
         ("base URL", safe_url(settings.get("base_url")) or "provider default"),
-        (
-            "limits (latest run)",
-            f"RPM {_limit(settings.get('rpm'))}, TPM {_limit(settings.get('tpm'))}, "
-            f"concurrency {settings.get('concurrency', 'not set')}",
-        ),
+        ("limits (latest run)", _limits_text(data)),
         ("runs", f"{len(data.runs)}: {outcomes}"),
         ("items", f"{data.total:,}"),
         ("done", done),
@@ -127,10 +139,10 @@ def _runs_table(data: JobData) -> str:
     rows = []
     for number, run in enumerate(data.runs, start=1):
         length = "" if run.ended is None else _duration(run.ended - run.started)
-        s = run.settings
+        concurrency = run.limits.get("concurrency", run.settings.get("concurrency", ""))
         cells = (
             number, _when(data, run.started), length, run.outcome or "running or killed",
-            _limit(s.get("rpm")), _limit(s.get("tpm")), s.get("concurrency", ""),
+            _limit_cell(run, "RPM"), _limit_cell(run, "TPM"), concurrency,
         )  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
     head = "".join(

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from surge.report._data import FloatArray, JobData
+from surge.report._data import FloatArray, JobData, Limit
 
 # Colours from matplotlib's default cycle, named for what they mean here.
 _BLUE, _ORANGE, _GREEN, _RED, _PURPLE, _GREY = (
@@ -96,20 +96,22 @@ def _time_axis(ax: Axes, data: JobData) -> float:
     return scale
 
 
-def _limit_line(ax: Axes, label: str, per_minute: object, unit: str) -> None:
-    """The configured limit as a dashed line, or a legend entry saying it was not set."""
-    if isinstance(per_minute, (int, float)) and per_minute > 0:
-        rate = float(per_minute) / 60
+def _limit_line(ax: Axes, limit: Limit, unit: str, colour: str = _RED) -> None:
+    """The limit the run ran under as a dashed line (given, or from the server's
+    headers), or a legend entry saying there was none."""
+    if limit.per_minute is not None and limit.per_minute > 0:
+        rate = limit.per_minute / 60
+        source = "given" if limit.given == limit.per_minute else "from the server's headers"
         ax.axhline(
             rate,
-            color=_RED,
+            color=colour,
             linestyle="--",
             linewidth=1.2,
-            label=f"{label} limit {float(per_minute):,.0f}/min = {rate:,.1f} {unit}/s",
+            label=f"{limit.name} limit {limit.per_minute:,.0f}/min = {rate:,.1f} {unit}/s ({source})",
         )
         ax.set_ylim(top=max(ax.get_ylim()[1], rate * 1.15))
-    else:
-        ax.plot([], [], " ", label=f"{label} limit: not set")
+    elif limit.given is None and limit.name in ("RPM", "TPM"):
+        ax.plot([], [], " ", label=f"{limit.name}: {limit.describe()}")
 
 
 def _steps(ax: Axes, edges: FloatArray, values: FloatArray, scale: float, **kw: Any) -> None:
@@ -129,7 +131,7 @@ def _throughput(ax: Axes, data: JobData) -> str | None:
     scale = _time_axis(ax, data)
     _steps(ax, edges, sent, scale, color=_ORANGE, label="requests answered (incl. retried)")
     _steps(ax, edges, done, scale, color=_BLUE, fill=True, alpha=0.35, label="items completed")
-    _limit_line(ax, "RPM", data.settings.get("rpm"), "req")
+    _limit_line(ax, data.limit("RPM"), "req")
     ax.set_ylabel(f"per second ({width:g} s bins)")
     ax.legend(loc="upper right", fontsize=8)
     return None
@@ -149,7 +151,12 @@ def _token_throughput(ax: Axes, data: JobData) -> str | None:
         ax, edges, inp + out, scale, color=_PURPLE, fill=True, alpha=0.35, label="tokens (in+out)"
     )
     _steps(ax, edges, out, scale, color=_GREEN, label="output tokens")
-    _limit_line(ax, "TPM", data.settings.get("tpm"), "tokens")
+    _limit_line(ax, data.limit("TPM"), "tokens")
+    itpm = data.limit("ITPM")
+    if itpm.per_minute is not None:  # Anthropic counts input and output tokens apart
+        _steps(ax, edges, inp, scale, color=_PURPLE, label="input tokens")
+        _limit_line(ax, itpm, "tokens", _PURPLE)
+    _limit_line(ax, data.limit("OTPM"), "tokens", _GREEN)
     ax.set_ylabel(f"tokens per second ({width:g} s bins)")
     ax.legend(loc="upper right", fontsize=8)
     return None
@@ -200,19 +207,25 @@ def _in_flight(ax: Axes, data: JobData) -> str | None:
            label="items in progress (incl. retry back-off)")  # fmt: skip
     edges, wire = in_flight(data.answered - data.latency, data.answered, data.span)
     _steps(ax, edges, wire, scale, color=_BLUE, label="answering requests on the wire")
-    peaks = np.concatenate([items, wire])
-    concurrency = data.settings.get("concurrency")
-    if isinstance(concurrency, (int, float)) and concurrency > 0:
+    # Scaled to what was in flight: a cap more than twice the peak would flatten the
+    # plot to a line along the bottom, so it is named in the legend instead.
+    peak = max(float(np.concatenate([items, wire]).max()), 1.0)
+    top = peak * 1.25
+    concurrency = data.concurrency
+    if concurrency is not None and concurrency <= 2 * peak:
         ax.axhline(
             concurrency,
             color=_RED,
             linestyle="--",
             linewidth=1.2,
-            label=f"concurrency limit {concurrency:g}",
+            label=f"concurrency limit {concurrency:,}",
         )
-        ax.set_ylim(0, max(float(peaks.max()), float(concurrency)) * 1.15)
+        top = max(top, concurrency * 1.15)
+    elif concurrency is not None:
+        ax.plot([], [], " ", label=f"concurrency limit {concurrency:,} (far above, not drawn)")
     else:
-        ax.plot([], [], " ", label="concurrency limit: not set")
+        ax.plot([], [], " ", label="no concurrency limit")
+    ax.set_ylim(0, top)
     ax.set_ylabel("in flight")
     ax.legend(loc="upper right", fontsize=8)
     return None
@@ -325,54 +338,64 @@ PLOTS: tuple[PlotSpec, ...] = (
     PlotSpec(
         "plot-throughput", "Throughput: requests per second",
         "Line chart of completed items and answered requests per second over time, "
-        "with the configured RPM limit",
-        "Items completed (blue, from items.finished_at) and every answered request "
-        "including retried attempts (orange, adds the attempts table), per second, "
-        "against the latest run's RPM limit.",
+        "with the RPM limit the job ran under",
+        "How many requests finished each second. Blue: items completed. Orange: every "
+        "answer the server sent, retried attempts included, so a gap between the two is "
+        "work spent on retries. The dashed line is the requests-per-minute limit the job "
+        "ran under (given with --rpm, or read from the server's headers), as a rate per "
+        "second: a plateau at the line means the rate limit set the pace, not surge.",
         _throughput,
     ),
     PlotSpec(
         "plot-token-throughput", "Throughput: tokens per second",
-        "Line chart of API tokens per second over time, with the configured TPM limit",
-        "Input + output tokens of items answered by the API (cache hits excluded), "
-        "per second by finish time, against the latest run's TPM limit.",
+        "Line chart of API tokens per second over time, with the token limits the job ran under",
+        "Tokens the API reported using, per second (answers from surge's cache cost no "
+        "tokens and are left out). The dashed lines are the token-per-minute limits the "
+        "job ran under, given or read from the server's headers: touching one means that "
+        "limit set the pace.",
         _token_throughput,
     ),
     PlotSpec(
         "plot-in-flight", "Requests in flight",
         "Area chart of items and requests in flight over time, with the concurrency limit",
-        "Shaded: items between their started_at and finished_at (retry back-off "
-        "included). Line: the attempt that answered each item, from finished_at - "
-        "latency to finished_at (earlier failed attempts are not timed in the journal). "
-        "Peak per time slice, against the configured concurrency.",
+        "How many requests were waiting for an answer at each moment; the scale follows "
+        "the busiest moment. Shaded: items started and not yet finished, including those "
+        "waiting to retry. Line: the request that finally answered each item. Flat at "
+        "the concurrency limit (dashed) means --concurrency set the pace; well below it, "
+        "a rate limit or the provider's speed did.",
         _in_flight,
     ),
     PlotSpec(
         "plot-latency", "Latency",
         "Histogram of request latency with p50, p90 and p99 marked",
-        "Latency of the attempt that answered each item (cache hits excluded), "
-        "with the 50th, 90th and 99th percentiles.",
+        "How long the request that answered each item took (cache answers left out): "
+        "each bar counts the items that took that long. Dashed lines: half the items "
+        "were faster than p50, 90 % faster than p90, 99 % faster than p99.",
         _latency,
     ),
     PlotSpec(
         "plot-retries", "Retries and 429s over time",
         "Stacked bar chart of retried attempts over time, 429s separate",
-        "Each failed attempt that was retried (attempts table): rate-limit 429s in "
-        "red, other errors (5xx, timeouts, transport, malformed) in orange.",
+        "Attempts that failed and were sent again, over time. Red: 429, the server "
+        "asking surge to slow down. Orange: other errors (5xx, timeouts, broken "
+        "connections, unreadable answers). A few are normal; a wall of red means the "
+        "limits given were higher than the server allows.",
         _retries,
     ),
     PlotSpec(
         "plot-failures", "Failures by reason",
         "Horizontal bar chart of failures and retries by reason",
-        "Items that ended failed or invalid, by reason (items.error_code), beside "
-        "the retried attempts by reason.",
+        "Why items failed for good (red: these are in OUTPUT.errors.jsonl, and "
+        "--retry-failed sends them again), beside how many attempts were retried for "
+        "each reason (orange).",
         _failures,
     ),
     PlotSpec(
         "plot-cost", "Tokens and cost",
         "Bar chart of tokens per minute with a line of cumulative cost",
-        "Input and output tokens per minute (cache hits included) and the running "
-        "total of cost in USD.",
+        "Bars: input and output tokens per minute (cache answers included). Red line, "
+        "right axis: what the job had cost so far, in USD (surge's price table, or "
+        "--prices).",
         _cost,
     ),
 )  # fmt: skip
