@@ -155,8 +155,8 @@ def test_dry_run_sends_nothing(sim: surge.sim.SimServer, tmp_path: Path) -> None
     source = write_batch(tmp_path / "in.jsonl", 30)
     report = run(settings_for(sim, tmp_path, source, dry_run=True))
     assert report.outcome == "dry_run" and sim.stats()["requests"] == 0
-    assert report.estimated_tokens is not None and report.estimated_tokens >= 30 * 24
-    assert report.estimated_cost is not None and report.estimated_cost > 0
+    assert report.estimate is not None and report.estimate.output_tokens == 30 * 24
+    assert report.estimate.cost_ceiling is not None and report.estimate.cost_ceiling > 0
 
 
 def test_embeddings_are_packed_and_given_back_per_item(
@@ -296,8 +296,10 @@ def test_the_api_key_appears_in_nothing_the_job_writes_or_prints(tmp_path: Path)
             "--api-key-env", "MY_KEY", "--json-summary", env=env,
         )  # fmt: skip
         out, err = process.communicate(timeout=60)
-    assert process.returncode == 1  # every request was refused: 401
-    assert json.loads(out)["failed_by_reason"] == {"auth_error": 5}
+    assert process.returncode == 1  # the key was refused: 401 stops the job
+    summary = json.loads(out)
+    assert summary["outcome"] == "stopped" and summary["pending"] == 5
+    assert "the key in MY_KEY was refused" in summary["fault"]
     assert SECRET not in out and SECRET not in err
     for path in tmp_path.rglob("*"):
         if path.is_file():

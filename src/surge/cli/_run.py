@@ -11,12 +11,15 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from surge.cli import app
 from surge.jobs import JobInputError, JobReport, JobSettings, JobSummary, Journal, run_job
 from surge.jobs.journal import lock_holder
 from surge.jobs.progress import ProgressDisplay
+from surge.jobs.runner import CostEstimate
+from surge.jobs.tokens import ASSUMED_OUTPUT_TOKENS
 
 
 def _parse_param(values: list[str]) -> dict[str, Any]:
@@ -170,8 +173,9 @@ def _summary_dict(summary: JobSummary) -> dict[str, Any]:
         "total": summary.total, "done": summary.done, "failed": summary.failed,
         "invalid": summary.invalid, "pending": summary.pending,
         "failed_by_reason": summary.failed_by_reason, "input_tokens": summary.input_tokens,
-        "output_tokens": summary.output_tokens, "cost_usd": round(summary.cost, 6),
-        "cached": summary.cached,
+        "output_tokens": summary.output_tokens,
+        "cost_usd": None if summary.unpriced else round(summary.cost, 6),
+        "cached": summary.cached, "unpriced": summary.unpriced,
     }  # fmt: skip
 
 
@@ -182,10 +186,10 @@ def _summary_json(report: JobReport, settings: JobSettings) -> dict[str, Any]:
         out["stopped_reason"] = report.stopped_reason
     if report.statistics is not None:
         out.update(retries=report.statistics.retries, rate_limited=report.statistics.rate_limited)
-    if report.outcome == "dry_run":
-        out.update(
-            estimated_tokens=report.estimated_tokens, estimated_cost_usd=report.estimated_cost
-        )
+    if report.estimate is not None:
+        out["estimate"] = asdict(report.estimate)
+    if report.fault is not None:
+        out["fault"] = report.fault
     if report.output is not None:
         out.update(output=str(report.output), errors=str(report.errors))
     return out
@@ -206,21 +210,52 @@ def _summary_table(summary: JobSummary, *, title: str) -> Table:
     table.add_row("invalid input lines", f"{summary.invalid:,}")
     table.add_row("pending", f"{summary.pending:,}")
     table.add_row("tokens in / out", f"{summary.input_tokens:,} / {summary.output_tokens:,}")
-    table.add_row("cost", f"${summary.cost:,.4f}")
+    table.add_row("cost", _cost_text(summary))
     return table
 
 
-def _print_report(report: JobReport, settings: JobSettings, console: Console) -> None:
-    if report.outcome == "dry_run":
+def _cost_text(summary: JobSummary) -> str:
+    if not summary.unpriced:
+        return f"${summary.cost:,.4f}"
+    if summary.unpriced == summary.done:
+        return "unknown (no price for the model; pass --prices FILE)"
+    return f"${summary.cost:,.4f} + unknown ({summary.unpriced:,} items with no price)"
+
+
+def _usd(amount: float) -> str:
+    # Small jobs cost fractions of a cent: keep two significant digits visible.
+    return f"${amount:,.4f}" if amount >= 0.01 or amount == 0 else f"${amount:.6f}"
+
+
+def _print_estimate(estimate: CostEstimate, console: Console) -> None:
+    if estimate.cost_floor is None or estimate.cost_ceiling is None:
         cost = (
-            "unknown (no price for some model)"
-            if report.estimated_cost is None
-            else f"${report.estimated_cost:,.4f}"
+            f"cost unknown: no price for {', '.join(map(repr, estimate.unpriced_models))}. "
+            "HINT: pass --prices FILE with their USD per million tokens."
         )
+    else:
+        cost = (
+            f"cost {_usd(estimate.cost_floor)} (input only) to {_usd(estimate.cost_ceiling)} "
+            "(every request writing its max_tokens)."
+        )
+    console.print(
+        f"dry run: {estimate.requests:,} requests to send, about {estimate.input_tokens:,} "
+        f"input tokens and at most {estimate.output_tokens:,} output tokens; {cost}",
+        highlight=False,
+    )
+    if estimate.uncapped:
         console.print(
-            f"dry run: {report.summary.pending:,} requests to send, about "
-            f"{report.estimated_tokens or 0:,} tokens (input + max output), at most {cost}; nothing sent."
+            f"{estimate.uncapped:,} requests set no max_tokens: counted at "
+            f"{ASSUMED_OUTPUT_TOKENS:,} output tokens each, but the model may write more. "
+            "HINT: --param max_tokens=N makes the ceiling firm.",
+            highlight=False,
         )
+    console.print("Nothing sent, nothing written.")
+
+
+def _print_report(report: JobReport, settings: JobSettings, console: Console) -> None:
+    if report.estimate is not None:
+        _print_estimate(report.estimate, console)
         return
     console.print(
         _summary_table(
@@ -240,6 +275,8 @@ def _print_report(report: JobReport, settings: JobSettings, console: Console) ->
             "server, asked before); --no-cache asks again.",
             highlight=False,
         )
+    if report.fault is not None:
+        console.print(f"[red]stopped:[/] {escape(report.fault)}", highlight=False)
     if report.outcome in ("interrupted", "stopped") or report.summary.pending:
         why = f" ({report.stopped_reason})" if report.stopped_reason else ""
         console.print(

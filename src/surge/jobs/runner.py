@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
+import sqlite3
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from surge._exceptions import (
 )
 from surge._feedback import extract_usage
 from surge._results import Event, Result, RunStatistics, Usage
+from surge.jobs._faults import check_key, describe_fault
 from surge.jobs._model import JobInputError
 from surge.jobs.cache import ResponseCache
 from surge.jobs.formats import check_input, read_requests
@@ -38,7 +40,7 @@ from surge.jobs.output import check_overwrite, output_format, write_outputs
 from surge.jobs.pricing import PriceTable
 from surge.jobs.progress import ProgressDisplay, Snapshot
 from surge.jobs.recovery import recover_from_output
-from surge.jobs.tokens import estimate_input_tokens
+from surge.jobs.tokens import ASSUMED_OUTPUT_TOKENS, estimate_input_tokens, max_output_tokens
 from surge.providers import Provider, ProviderResponse, make_provider, scrub
 
 DEFAULT_KEY_ENV = {
@@ -47,8 +49,6 @@ DEFAULT_KEY_ENV = {
     "local": "OPENAI_API_KEY",
 }
 INTERRUPT_GRACE = 10.0
-# Journal meta key prefix (+ run id): the limits a run ran under, for `surge report`.
-RUN_LIMITS_PREFIX = "run_limits:"
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,26 @@ class JobSettings:
 
 
 @dataclass(frozen=True)
+class CostEstimate:
+    """What a dry run expects the pending requests to cost.
+
+    The floor counts the estimated input tokens alone (every reply empty); the ceiling
+    adds every output token each request may be billed for: its max_tokens, what surge
+    sends to Anthropic when it sets none (1,024), or, for a request nothing caps,
+    `ASSUMED_OUTPUT_TOKENS` (4,096; counted in `uncapped`). Costs are None when some
+    model has no known price (`unpriced_models`).
+    """
+
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    uncapped: int
+    cost_floor: float | None
+    cost_ceiling: float | None
+    unpriced_models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class JobReport:
     outcome: str  # complete | interrupted | stopped | dry_run
     summary: JobSummary
@@ -101,19 +121,38 @@ class JobReport:
     output: Path | None
     errors: Path | None
     stopped_reason: str | None = None
-    estimated_cost: float | None = None
-    estimated_tokens: int | None = None
+    estimate: CostEstimate | None = None
+    fault: str | None = None
+    """A job-level fault (a refused key, a spent quota, nothing answering) that stopped
+    the job, in words with a HINT; the unfinished items stay pending."""
 
     @property
     def exit_code(self) -> int:
         if self.outcome == "interrupted":
             return 130
+        if self.outcome == "dry_run":
+            return 0
         if self.summary.failed or self.summary.invalid or self.summary.pending:
             return 1
         return 0
 
 
 Pack = tuple[PendingItem, ...]
+
+
+def key_env(settings: JobSettings) -> str:
+    """The environment variable the job reads its API key from."""
+    return settings.api_key_env or DEFAULT_KEY_ENV.get(settings.provider, "OPENAI_API_KEY")
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """A pack refused with 429 to its last retry, and how many successes the job had
+    then: it is sent again once another request succeeds."""
+
+    pack: Pack
+    result: Result[Any]
+    successes_before: int
 
 
 def _kind(error: BaseException | None) -> str:
@@ -135,14 +174,6 @@ def _kind(error: BaseException | None) -> str:
     return "error" if error is not None else "unknown"
 
 
-def _max_tokens(body: dict[str, Any]) -> int:
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = body.get(key)
-        if isinstance(value, int):
-            return value
-    return 0
-
-
 class _Job:
     def __init__(self, settings: JobSettings, *, display: ProgressDisplay) -> None:
         self.settings = settings
@@ -150,7 +181,14 @@ class _Job:
         self.prices = (
             PriceTable.from_file(settings.prices) if settings.prices else PriceTable.default()
         )
-        self.journal = Journal(settings.journal_path, recover=settings.recover)
+        self.scratch = (
+            tempfile.TemporaryDirectory(prefix="surge-dry-run-") if settings.dry_run else None
+        )
+        self.journal = (
+            _scratch_journal(settings.journal_path, Path(self.scratch.name))
+            if self.scratch is not None
+            else Journal(settings.journal_path, recover=settings.recover)
+        )
         self.cache = (
             ResponseCache(
                 settings.cache_dir, provider=settings.provider, base_url=settings.base_url
@@ -158,11 +196,13 @@ class _Job:
             if settings.cache and not settings.dry_run
             else None
         )
-        self.api_key_env = settings.api_key_env or DEFAULT_KEY_ENV.get(
-            settings.provider, "OPENAI_API_KEY"
-        )
+        self.api_key_env = key_env(settings)
         self.api_key = os.environ.get(self.api_key_env)
         self.in_flight: dict[int, Pack] = {}
+        self.dispatched = 0
+        self.deferred: list[_Deferred] = []
+        self.successes = 0
+        self.answered = asyncio.Event()
         self.reserved_cost: dict[int, float] = {}
         self.spent = 0.0
         self.budget_hit = False
@@ -171,9 +211,6 @@ class _Job:
         self.failed = 0
         self.tokens = 0
         self.wall_offset = 0.0
-        self.run_id = 0
-        self.limiter: surge.Limiter | None = None
-        self.limits_noted: dict[str, float | None] = {}
 
     # -- input -------------------------------------------------------------------------
 
@@ -196,14 +233,27 @@ class _Job:
 
     def estimate(self, pack: Pack) -> dict[str, float]:
         """A pack's cost per limit dimension: all tokens (what OpenAI's TPM counts), and
-        input and max output apart (what Anthropic's ITPM and OTPM count)."""
+        input and max output apart (what Anthropic's ITPM and OTPM count, the latter
+        by the max_tokens surge sends, 1,024 when the request sets none). A request
+        with no cap at all reserves no output: the limiter settles with real usage."""
         inputs = sum(estimate_input_tokens(item.body) for item in pack)
-        outputs = sum(_max_tokens(item.body) for item in pack)
+        outputs = sum(
+            max_output_tokens(item.body, provider=self.settings.provider) or 0 for item in pack
+        )
         return {"tokens": inputs + outputs, "input_tokens": inputs, "output_tokens": outputs}
 
-    def estimate_cost(self, item: PendingItem) -> float | None:
+    def estimate_cost(self, item: PendingItem) -> tuple[float, float] | None:
+        """(floor, ceiling) in USD: the estimated input alone, and with every output
+        token the request may be billed for (ASSUMED_OUTPUT_TOKENS when nothing caps
+        it). None for a model the price table does not know."""
         model = str(item.body.get("model", ""))
-        return self.prices.estimate(model, estimate_input_tokens(item.body), _max_tokens(item.body))
+        inputs = estimate_input_tokens(item.body)
+        outputs = max_output_tokens(item.body, provider=self.settings.provider)
+        floor = self.prices.cost(model, inputs, 0)
+        ceiling = self.prices.estimate(
+            model, inputs, ASSUMED_OUTPUT_TOKENS if outputs is None else outputs
+        )
+        return None if floor is None or ceiling is None else (floor, ceiling)
 
     def cost_of(self, body: dict[str, Any], input_tokens: int, output_tokens: int) -> float | None:
         return self.prices.cost(str(body.get("model", "")), input_tokens, output_tokens)
@@ -338,9 +388,20 @@ class _Job:
                 self.finished += 1
                 self.tokens += tokens_in + tokens_out
                 self.spent += cost or 0.0
+            self.successes += 1
             return
         if result.status != "failed":
             return  # not started or cancelled: stays pending for the next run
+        if isinstance(result.failure, RateLimitError):
+            # Out of retries on 429s: while others are being answered this is our pace,
+            # not the item's fault. It goes to the back of the queue (see _source).
+            self.deferred.append(_Deferred(pack, result, self.successes))
+            return
+        self.record_failure(result, pack)
+
+    def record_failure(self, result: Result[Any], pack: Pack) -> None:
+        started = None if result.started_at is None else result.started_at + self.wall_offset
+        finished = None if result.finished_at is None else result.finished_at + self.wall_offset
         error = result.failure
         message = scrub(str(error) or type(error).__name__, self.api_key)
         for item in pack:
@@ -356,6 +417,7 @@ class _Job:
     # -- the run -----------------------------------------------------------------------
 
     provider: Provider | None = None
+    fault: str | None = None  # what stopped the job, in words with a HINT
 
     def open_provider(self) -> None:
         """Before anything is sent: a provider that cannot be built is bad input (exit 2)."""
@@ -383,10 +445,9 @@ class _Job:
             # Told no limits: learn them from the first answer's headers before bursting.
             probe=all(limit is None for limit in given) and s.provider != "local",
         )  # fmt: skip
-        self.limiter = limiter
         stream = surge.as_completed(
             self.call,
-            self._tracked(self.packs()),
+            self._source(),
             limiter=limiter,
             tokens=self.estimate,
             max_retries=s.max_retries,
@@ -426,6 +487,7 @@ class _Job:
                     self.reserved_cost.pop(result.index, None)
                     if pack:
                         self.record(result, pack)
+                    self.answered.set()
         except asyncio.CancelledError:
             if not interrupted:
                 raise
@@ -448,43 +510,63 @@ class _Job:
         if outcome == "complete" and (reason is not None or self.budget_hit):
             outcome = "stopped"
             reason = reason or "max_cost"
-        self.note_limits()
+        if stream.fault is not None:
+            self.fault = describe_fault(
+                stream.fault, provider=s.provider, base_url=s.base_url,
+                key_env=self.api_key_env, key=self.api_key,
+            )  # fmt: skip
         self.display.update(self._snapshot(stream), force=True)
         return outcome, reason, stream.statistics()
 
-    def _tracked(self, packs: Iterator[Pack]) -> Iterator[Pack]:
-        """Number packs as the engine will, so events and results map back to items, and
-        hold dispatch back once spent plus reserved cost would pass --max-cost."""
-        budget = self.settings.max_cost
-        for index, pack in enumerate(packs):
-            if budget is not None:
-                estimate = sum(self.estimate_cost(item) or 0.0 for item in pack)
-                if self.spent + sum(self.reserved_cost.values()) + estimate > budget:
-                    self.budget_hit = True
-                    return
-                self.reserved_cost[index] = estimate
-            self.in_flight[index] = pack
+    async def _source(self) -> AsyncIterator[Pack]:
+        """The packs to send: every pending one, then those refused with a 429 to the
+        last retry while the provider kept answering others (see `record`), until
+        nothing is in flight. Each goes through `_admit` for --max-cost."""
+        for pack in self.packs():
+            if not self._admit(pack):
+                return
             yield pack
+        while self.deferred or self.in_flight:
+            again = [d for d in self.deferred if d.successes_before < self.successes]
+            if again:
+                self.deferred = [d for d in self.deferred if d.successes_before >= self.successes]
+                for deferred in again:
+                    if not self._admit(deferred.pack):
+                        self.deferred.append(deferred)  # stays pending in the journal
+                        return
+                    yield deferred.pack
+                continue
+            if not self.in_flight:
+                break
+            self.answered.clear()
+            await self.answered.wait()
+        # Refused to the end with nobody answered since: the provider is not serving this
+        # key now, so a 429 is the honest final word (--retry-failed sends them again).
+        for deferred in self.deferred:
+            self.record_failure(deferred.result, deferred.pack)
+        self.deferred = []
+
+    def _admit(self, pack: Pack) -> bool:
+        """Number the pack as the engine will, so events and results map back to items,
+        and hold dispatch back once spent plus reserved cost could pass --max-cost."""
+        index = self.dispatched
+        budget = self.settings.max_cost
+        if budget is not None:
+            # The ceiling: the request's max output tokens, all billed. Unknown prices
+            # were refused before the run.
+            estimate = sum((self.estimate_cost(item) or (0.0, 0.0))[1] for item in pack)
+            if self.spent + sum(self.reserved_cost.values()) + estimate > budget:
+                self.budget_hit = True
+                return False
+            self.reserved_cost[index] = estimate
+        self.dispatched += 1
+        self.in_flight[index] = pack
+        return True
 
     async def _tick(self, stream: surge.Run[Any]) -> None:
         while True:
             self.display.update(self._snapshot(stream))
-            self.note_limits()
             await asyncio.sleep(0.25)
-
-    def note_limits(self) -> None:
-        """Keep the limits this run runs under (given, or learned from the provider's
-        headers: the limiter's buckets) in the journal whenever they change, so that
-        `surge report` can show them."""
-        if self.limiter is None:
-            return
-        limits: dict[str, float | None] = {
-            b.name: round(b.rate_per_minute, 3) for b in self.limiter.statistics().buckets
-        }
-        limits["concurrency"] = self.limiter.max_concurrency
-        if limits != self.limits_noted:
-            self.limits_noted = limits
-            self.journal.set_meta(_run_limits_key(self.run_id), json.dumps(limits))
 
     def _snapshot(self, stream: surge.Run[Any]) -> Snapshot:
         stats = stream.statistics()
@@ -494,18 +576,48 @@ class _Job:
             cost=self.spent, elapsed=stats.elapsed,
         )  # fmt: skip
 
-    def dry_run(self) -> tuple[int, float | None]:
-        tokens = 0
-        cost: float | None = 0.0
+    def dry_run(self) -> CostEstimate:
+        requests = input_tokens = output_tokens = uncapped = 0
+        floor = ceiling = 0.0
+        unpriced: set[str] = set()
         for item in self.journal.pending():
-            tokens += int(self.estimate((item,))["tokens"])
-            estimate = self.estimate_cost(item)
-            cost = None if cost is None or estimate is None else cost + estimate
-        return tokens, cost
+            requests += 1
+            input_tokens += estimate_input_tokens(item.body)
+            cap = max_output_tokens(item.body, provider=self.settings.provider)
+            uncapped += cap is None
+            output_tokens += ASSUMED_OUTPUT_TOKENS if cap is None else cap
+            cost = self.estimate_cost(item)
+            if cost is None:
+                unpriced.add(str(item.body.get("model", "")))
+            else:
+                floor += cost[0]
+                ceiling += cost[1]
+        return CostEstimate(
+            requests, input_tokens, output_tokens, uncapped,
+            None if unpriced else floor, None if unpriced else ceiling, tuple(sorted(unpriced)),
+        )  # fmt: skip
 
 
-def _run_limits_key(run_id: int) -> str:
-    return f"{RUN_LIMITS_PREFIX}{run_id}"
+def _scratch_journal(path: Path, folder: Path) -> Journal:
+    """For a dry run, which writes nothing beside the job: a copy of the job's journal
+    (empty for a new job) in a throwaway folder, so the estimate covers exactly what a
+    real run would send, and a changed input is refused just the same."""
+    copy = folder / "journal"
+    if path.exists():
+        try:
+            source = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+            target = sqlite3.connect(copy)
+            try:
+                source.backup(target)
+            finally:
+                source.close()
+                target.close()
+        except sqlite3.Error as exc:
+            raise JobInputError(
+                f"cannot read journal {path} for the dry run: {exc}. HINT: run `surge status` "
+                "on the job to see what is wrong with it."
+            ) from exc
+    return Journal(copy)
 
 
 def _install_sigint(loop: asyncio.AbstractEventLoop, handler: Any) -> bool:
@@ -529,6 +641,13 @@ async def run_job(settings: JobSettings, *, display: ProgressDisplay | None = No
         endpoint=settings.endpoint, prompt_column=settings.prompt_column,  # type: ignore[arg-type]
         template=settings.template, id_column=settings.id_column, defaults=settings.defaults,
     )  # fmt: skip
+    if not settings.dry_run:  # before the journal exists: a refused job leaves nothing
+        check_key(
+            settings.provider,
+            settings.base_url,
+            key_env(settings),
+            os.environ.get(key_env(settings)),
+        )
     if not settings.dry_run:
         overwrite = settings.overwrite or settings.recover
         check_overwrite(settings.output, settings.journal_path, overwrite=overwrite)
@@ -541,9 +660,8 @@ async def run_job(settings: JobSettings, *, display: ProgressDisplay | None = No
                 job.journal, settings.output, cost_of=job.cost_of, note=display.note
             )
         if settings.dry_run:
-            tokens, cost = job.dry_run()
             return JobReport("dry_run", job.journal.summary(), time.monotonic() - start, None, None, None,
-                             estimated_cost=cost, estimated_tokens=tokens)  # fmt: skip
+                             estimate=job.dry_run())  # fmt: skip
         if settings.max_cost is not None:
             unknown = {m for m in job.journal.pending_models() if job.prices.lookup(m) is None}
             if unknown:
@@ -552,14 +670,16 @@ async def run_job(settings: JobSettings, *, display: ProgressDisplay | None = No
                     "HINT: pass --prices FILE with their prices per million tokens."
                 )
         job.open_provider()
-        run_id = job.run_id = job.journal.start_run(asdict(settings))
+        run_id = job.journal.start_run(asdict(settings))
         with display:
             outcome, reason, stats = await job.execute()
         job.journal.end_run(run_id, outcome)
         output, errors = write_outputs(job.journal, settings.output, order=settings.order)
         return JobReport(outcome, job.journal.summary(), time.monotonic() - start, stats, output, errors,
-                         stopped_reason=reason)  # fmt: skip
+                         stopped_reason=reason, fault=job.fault)  # fmt: skip
     finally:
         job.journal.close()
         if job.cache is not None:
             job.cache.close()
+        if job.scratch is not None:
+            job.scratch.cleanup()

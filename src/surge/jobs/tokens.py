@@ -13,10 +13,21 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+# What surge sends as max_tokens to Anthropic when a request sets none (it is required
+# there): so the most such a request can be billed for.
+from surge.providers._anthropic import DEFAULT_MAX_TOKENS as ANTHROPIC_DEFAULT_MAX_TOKENS
+
 CHARS_PER_TOKEN = 4
 PER_MESSAGE = 4  # role and separators around each chat message
 PER_REQUEST = 3  # the reply primer after the last message
 PER_IMAGE = 765  # one 1024x1024 image at high detail, in OpenAI's accounting
+
+#: Output tokens assumed, for `--max-cost` and the `--dry-run` ceiling, for an
+#: OpenAI-style chat request that sets no `max_tokens`. The model may write more (its
+#: own output cap is 16k to 128k tokens): this is a planning figure, not a cap. Set
+#: `max_tokens` (`--param max_tokens=N`) for a ceiling the provider enforces.
+ASSUMED_OUTPUT_TOKENS = 4096
+_MAX_OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 def _text_tokens(chars: int) -> int:
@@ -99,3 +110,31 @@ def estimate_input_tokens(body: Mapping[str, Any]) -> int:
     if "prompt" in body:  # legacy completions
         total += _embedding_tokens(body["prompt"])
     return max(1, total)
+
+
+def is_embedding(body: Mapping[str, Any]) -> bool:
+    return "messages" not in body and "input" in body
+
+
+def max_output_tokens(body: Mapping[str, Any], *, provider: str) -> int | None:
+    """The most output tokens a request can be billed for: its own `max_tokens` (or
+    `max_completion_tokens`), what surge sends for it (Anthropic: 1,024), 0 for
+    embeddings, or None when nothing caps it (an OpenAI-style chat request without
+    `max_tokens`).
+
+        >>> max_output_tokens({"messages": [], "max_tokens": 64}, provider="openai")
+        64
+        >>> max_output_tokens({"messages": []}, provider="anthropic")
+        1024
+        >>> max_output_tokens({"messages": []}, provider="openai") is None
+        True
+    """
+    if is_embedding(body):
+        return 0
+    for key in _MAX_OUTPUT_KEYS:
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    if provider == "anthropic":
+        return ANTHROPIC_DEFAULT_MAX_TOKENS
+    return None

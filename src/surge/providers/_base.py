@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from surge._exceptions import TransportError
+from surge._exceptions import ConnectError, TransportError
 from surge._feedback import Reply, extract_usage
 from surge._retry import error_for_status
 
@@ -83,12 +83,21 @@ class HTTPProvider:
             async with self._client().post(url, json=body) as response:
                 raw = await response.read()
                 status, headers = response.status, response.headers
+        except aiohttp.ClientConnectorError as exc:
+            # Refused, DNS, TLS handshake: nothing was sent. Many in a row stop the job.
+            raise ConnectError(
+                scrub(f"cannot connect to {url}: {type(exc).__name__}: {exc}", self._api_key)
+            ) from None
         except aiohttp.ClientError as exc:
             raise TransportError(scrub(f"{type(exc).__name__}: {exc}", self._api_key)) from None
         request_id = headers.get("x-request-id") or headers.get("request-id")
         if status != 200:
+            # The body tells a spent billing quota (429 insufficient_quota) from a rate limit.
             raise error_for_status(
-                status, scrub(f"HTTP {status}: {_error_message(raw)}", self._api_key), headers
+                status,
+                scrub(f"HTTP {status}: {_error_message(raw)}", self._api_key),
+                headers,
+                _json_or_text(raw),
             )
         try:
             data = json.loads(raw)
@@ -104,6 +113,13 @@ class HTTPProvider:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _json_or_text(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw[:2000].decode("utf-8", "replace")
 
 
 def _error_message(raw: bytes) -> str:
