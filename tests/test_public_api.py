@@ -9,7 +9,7 @@ def test_public_names_are_exactly_these() -> None:
         "RateLimitHints", "Reply", "Result", "Results", "RetryPolicy", "RetryableError",
         "Run", "RunOptions", "RunStatistics", "ServerError", "SurgeError", "TransportError",
         "Usage", "__version__", "as_completed", "classify", "constant", "error_for_status",
-        "exponential", "full_jitter", "gather", "map", "parse_rate_limit_headers",
+        "exponential", "full_jitter", "gather", "map", "parse_rate_limit_headers", "wire",
     }  # fmt: skip
     assert set(surge.__all__) == expected
     for name in expected:

@@ -32,6 +32,7 @@ from surge._feedback import LimitHint, RateLimitHints, Reply, parse_rate_limit_h
 from surge._limits import BucketStatistics, Limiter, LimiterStatistics, Permit
 from surge._results import Event, Result, Results, RunStatistics, Usage
 from surge._retry import RetryPolicy, classify, constant, error_for_status, exponential, full_jitter
+from surge._wire import wire
 
 __version__ = "0.1.0"
 
@@ -75,4 +76,5 @@ __all__ = [
     "gather",
     "map",
     "parse_rate_limit_headers",
+    "wire",
 ]

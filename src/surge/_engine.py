@@ -50,6 +50,7 @@ from surge._limits import Estimate, Limiter, Permit
 from surge._limits import total_tokens as _total
 from surge._results import Event, Result, Results, RunStatistics, Usage
 from surge._retry import RetryPolicy, Wait, classify, full_jitter
+from surge._wire import AttemptScope, current_attempt, sdk_retry_count
 
 T = TypeVar("T")
 logger = logging.getLogger("surge")
@@ -185,6 +186,7 @@ class Run(Generic[T]):
         self._connect_streak = 0
         self._connect_streak_since = 0.0
         self._reached_server = False
+        self._warned_sdk_retry = False
         ceiling = self._limiter.max_concurrency
         self._window = None if ceiling is None else ceiling * _WINDOW_PER_SLOT
 
@@ -413,7 +415,7 @@ class Run(Generic[T]):
                 self._attempts += 1
                 attempt_start = loop.time()
                 try:
-                    raw = await self._attempt(item)
+                    raw = await self._attempt(item, permit)
                 except asyncio.CancelledError:
                     self._limiter.release(permit, outcome="cancelled")
                     raise
@@ -421,6 +423,7 @@ class Run(Generic[T]):
                     latency = loop.time() - attempt_start
                     error = exc
                     failure = classify(exc)
+                    self._check_sdk_retries(exc)
                     hints = None
                     if isinstance(failure, RetryableError):
                         hints = failure.hints or RateLimitHints(retry_after=failure.retry_after)
@@ -526,22 +529,52 @@ class Run(Generic[T]):
             if task is not current:
                 task.cancel()
 
-    async def _attempt(self, item: Any) -> Any:
-        if self._timeout is None:
-            return await self._call_once(item)
-        if sys.version_info >= (3, 11):
-            deadline = asyncio.timeout(self._timeout)
-            try:
-                async with deadline:
-                    return await self._call_once(item)
-            except TimeoutError:
-                if deadline.expired():  # surge's timeout, not one the call raised itself
-                    raise AttemptTimeout(f"attempt ran past timeout={self._timeout}s") from None
-                raise
-        try:  # pragma: no cover
-            return await asyncio.wait_for(self._call_once(item), self._timeout)
-        except asyncio.TimeoutError:  # pragma: no cover
-            raise AttemptTimeout(f"attempt ran past timeout={self._timeout}s") from None
+    async def _attempt(self, item: Any, permit: Permit) -> Any:
+        # Wired HTTP clients (surge.wire) find this run's limiter and permit here.
+        scope = AttemptScope(self._limiter, permit, self._note_sdk_retry)
+        token = current_attempt.set(scope)
+        try:
+            if self._timeout is None:
+                return await self._call_once(item)
+            if sys.version_info >= (3, 11):
+                deadline = scope.deadline = asyncio.timeout(self._timeout)
+                try:
+                    async with deadline:
+                        return await self._call_once(item)
+                except TimeoutError:
+                    if deadline.expired():  # surge's timeout, not one the call raised
+                        raise AttemptTimeout(f"attempt ran past timeout={self._timeout}s") from None
+                    raise
+            try:  # pragma: no cover
+                return await asyncio.wait_for(self._call_once(item), self._timeout)
+            except asyncio.TimeoutError:  # pragma: no cover
+                raise AttemptTimeout(f"attempt ran past timeout={self._timeout}s") from None
+        finally:
+            current_attempt.reset(token)
+
+    def _check_sdk_retries(self, error: BaseException) -> None:
+        """An SDK exception carries its last request, and with it the SDK's retry count."""
+        if self._warned_sdk_retry:
+            return
+        request = getattr(error, "request", None)
+        if request is None:
+            request = getattr(getattr(error, "response", None), "request", None)
+        retries = sdk_retry_count(request) if request is not None else 0
+        if retries:
+            self._note_sdk_retry(retries)
+
+    def _note_sdk_retry(self, retries: int) -> None:
+        if self._warned_sdk_retry:
+            return
+        self._warned_sdk_retry = True
+        logger.warning(
+            "surge: the client's SDK retried a request by itself (%d time(s)), underneath "
+            "surge's own retries: the two fight, and the SDK's retries skip surge's limits. "
+            "HINT: wire the client once and use what it returns: client = "
+            "surge.wire(openai.AsyncOpenAI()) (turns the SDK's retries off and lets surge "
+            "see every response's rate-limit headers).",
+            retries,
+        )
 
     async def _call_once(self, item: Any) -> Any:
         # A sync function's value is taken as is; an awaitable (coroutine functions, and

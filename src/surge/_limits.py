@@ -27,6 +27,10 @@ Estimate = float | Mapping[str, float]
 """A call's token cost: one number (for a TPM bucket), or per dimension: "tokens",
 "input_tokens", "output_tokens" (Anthropic counts input and output separately)."""
 
+# What a permit granted before the limiter knew any rate still owes, once it learns one:
+# the request itself (tokens are settled against real usage when the call ends).
+_REQUEST_ONLY: Mapping[str, float] = {"tokens": 0.0, "input_tokens": 0.0, "output_tokens": 0.0}
+
 # Timers may fire a hair early (loop clock resolution) and float sums drift; a wait this
 # short counts as no wait, so a timer never re-arms itself in a tight loop.
 _EPSILON = 1e-9
@@ -227,6 +231,10 @@ class Limiter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._granted = 0
         self._rate_limited = 0
+        # Wired HTTP clients (surge.wire): until the first answer, one request goes alone.
+        self._answered = False
+        self._first_request_out = False
+        self._first_answer_waiters: list[asyncio.Future[None]] = []
 
     # -- acquiring -------------------------------------------------------------------
 
@@ -313,6 +321,60 @@ class Limiter:
         self._release_slot()
         if self._rate_waiters:
             self._schedule()
+
+    async def admit_request(self, permit: Permit) -> float:
+        """Called by a wired HTTP client (`surge.wire`) as a request goes out; returns the
+        seconds it waited.
+
+        A limiter told no rate knows nothing until the provider answers, so the first
+        request goes alone and the rest wait for its headers, instead of all bursting
+        into a limit nobody has seen yet. A permit granted before a rate was known then
+        pays for its request in the newly learned bucket.
+        """
+        learning = not self._answered and not self._buckets
+        if not learning and ("requests" not in self._buckets or "requests" in permit.reserved):
+            return 0.0  # the common case: nothing to wait for
+        loop = self._bind()
+        start = loop.time()
+        while not self._answered and not self._buckets:
+            if not self._first_request_out:
+                self._first_request_out = True
+                break
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._first_answer_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._first_answer_waiters:
+                    self._first_answer_waiters.remove(waiter)
+        if "requests" in self._buckets and "requests" not in permit.reserved:
+            permit.reserved.update(await self._acquire_rate(loop, _REQUEST_ONLY))
+        return loop.time() - start
+
+    @property
+    def learning(self) -> bool:
+        """True until a wired client's first answer: the limiter has no rate and the
+        provider has not said what it allows (see `admit_request`)."""
+        return not self._answered and not self._buckets
+
+    def request_answered(self, hints: RateLimitHints | None) -> None:
+        """A wired HTTP client got an answer (any status): learn from its headers and let
+        the requests held back by `admit_request` go."""
+        if hints:
+            self.observe(hints)
+        self._answered = True
+        self._wake_first_answer_waiters()
+
+    def request_failed(self) -> None:
+        """A wired request got no answer at all: let the next waiter try in its place."""
+        self._first_request_out = False
+        self._wake_first_answer_waiters()
+
+    def _wake_first_answer_waiters(self) -> None:
+        waiters, self._first_answer_waiters = self._first_answer_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def pause(self, seconds: float) -> None:
         """Grant nothing for `seconds`: the provider's Retry-After applies to the key."""
