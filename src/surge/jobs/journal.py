@@ -142,7 +142,7 @@ def _plain_errors(method: _F) -> _F:
             try:
                 yield from method(self, *args, **kwargs)
             except sqlite3.Error as exc:
-                raise explain(self.path, exc) from exc
+                raise self._failed(exc) from exc
 
         return cast(_F, reading)
 
@@ -151,7 +151,7 @@ def _plain_errors(method: _F) -> _F:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
-            raise explain(self.path, exc) from exc
+            raise self._failed(exc) from exc
 
     return cast(_F, calling)
 
@@ -727,6 +727,14 @@ class Journal:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._lock.release()
+
+    def _failed(self, exc: sqlite3.Error) -> JournalError:
+        """The error to raise; one inside an open transaction also ends the journal's
+        use (SQLite may have rolled the batch back), so later writes raise it too."""
+        error = explain(self.path, exc)
+        if self._in_transaction:
+            self._failure = error
+        return error
 
     def _begin(self) -> None:
         if self._failure is not None:
