@@ -74,6 +74,7 @@ def _duration(seconds: float | None) -> str:
 
 # Columns the bar keeps on a narrow terminal before the numbers give way.
 _MIN_BAR = 10
+_FIELDS = ("count", "eta", "cost", "rate", "trouble")
 
 
 def _per_second(rate: float) -> str:
@@ -110,15 +111,26 @@ class ProgressDisplay:
 
     def __enter__(self) -> ProgressDisplay:
         if self._tty:
+
+            def column(field: str, style: str) -> TextColumn:
+                # no_wrap: a number is never folded onto a second line or cut short.
+                return TextColumn(f"{{task.fields[{field}]}}", style=style,
+                                  table_column=Column(no_wrap=True))  # fmt: skip
+
             self._progress = Progress(
                 BarColumn(bar_width=None),
-                TextColumn("{task.fields[stats]}", table_column=Column(no_wrap=True)),
+                column("count", "progress.download"),
+                column("eta", "progress.remaining"),
+                column("cost", "bold"),
+                column("rate", "progress.data.speed"),
+                column("trouble", "yellow"),
                 console=self.console,
                 transient=False,
                 expand=True,
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task("surge run", total=None, stats="starting")
+            empty: dict[str, Any] = dict.fromkeys(_FIELDS, "")
+            self._task = self._progress.add_task("surge run", total=None, **empty)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -131,11 +143,13 @@ class ProgressDisplay:
             return
         if self._progress is not None:
             finished = snapshot.done + snapshot.failed
+            # Each column is followed by one space of padding.
+            room = self.console.width - _MIN_BAR - len(_FIELDS)
             self._progress.update(
                 self._task,
                 completed=finished,
                 total=snapshot.total,
-                stats=self._stats(snapshot, self.console.width - _MIN_BAR - 1),
+                **self._fields(snapshot, room),
             )
             return
         now = time.monotonic()
@@ -144,23 +158,25 @@ class ProgressDisplay:
             print(f"[surge] {snapshot.line()}", file=self._stream, flush=True)
 
     @staticmethod
-    def _stats(snapshot: Snapshot, width: int) -> str:
-        """Finished/total, ETA and cost always; 429s/failures, then req/s, while they
-        fit in `width` (the bar takes the rest)."""
+    def _fields(snapshot: Snapshot, room: int) -> dict[str, Any]:
+        """The columns' text: finished/total, ETA and cost always; then 429s and
+        failures, then req/s, while they fit in `room` characters (the bar takes the
+        rest); a column that does not fit is left empty."""
         finished = snapshot.done + snapshot.failed
         trouble = f"429s {snapshot.rate_limited:,}"
         if snapshot.failed:
             trouble += f" failed {snapshot.failed:,}"
-        essentials = [
-            f"{finished:,}/{snapshot.total:,}",
-            f"ETA {_duration(snapshot.eta)}",
-            _usd(snapshot.cost),
-        ]
-        with_trouble = [*essentials, trouble]
-        if len(" ".join(with_trouble)) > width:
-            with_trouble = essentials
-        everything = [*essentials, _per_second(snapshot.rate), *with_trouble[3:]]
-        return " ".join(everything if len(" ".join(everything)) <= width else with_trouble)
+        fields: dict[str, Any] = {
+            "count": f"{finished:,}/{snapshot.total:,}",
+            "eta": f"ETA {_duration(snapshot.eta)}",
+            "cost": _usd(snapshot.cost),
+            "rate": "",
+            "trouble": "",
+        }
+        for name, text in (("trouble", trouble), ("rate", _per_second(snapshot.rate))):
+            if sum(len(value) for value in fields.values()) + len(text) <= room:
+                fields[name] = text
+        return fields
 
     def note(self, message: str) -> None:
         if self._enabled:
