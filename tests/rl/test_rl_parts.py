@@ -31,7 +31,7 @@ def test_public_names_are_exactly_these() -> None:
             "DistributedWeightSync", "Engine", "Generator", "HFCausalLM", "InProcessWeightSync", "OpenAIEngine", "WeightPusher", "disk_weight_pusher",
             "ProcessEngine", "RLConfig", "RLError", "RayEngine", "ReverseDigits", "Rollout", "StepStats",
             "Task", "ThreadEngine", "TinyLM", "TinyLMConfig", "Trainer", "TrainerStopped",
-            "WeightLayout", "WeightSync", "WeightSyncStats", "WeightSyncTimeout", "dpo_loss",
+            "SGLangEngine", "VLLMServerEngine", "WeightLayout", "WeightSync", "WeightSyncStats", "WeightSyncTimeout", "dpo_loss",
             "group_advantages", "grpo_loss", "offpolicy_metrics", "token_logprobs",
             "TextTask", "completion_logprobs", "evaluate", "extract_answer", "gsm8k_reward",
             "kl_k3", "load_rows", "supervised_warmup", "train_tokenizer", "word_problems",

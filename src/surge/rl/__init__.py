@@ -24,7 +24,9 @@ Pieces, each replaceable:
 - Engines, where generation runs: :class:`ThreadEngine` (in-process weight sync),
   :class:`ProcessEngine` (own process, ``torch.distributed`` gloo weight sync),
   :class:`OpenAIEngine` (a vLLM-style server, requests through :func:`surge.gather`),
-  :class:`RayEngine` (a pool of Ray actors with their own CPU/GPU resource requests).
+  :class:`RayEngine` (a pool of Ray actors with their own CPU/GPU resource requests),
+  :class:`VLLMServerEngine` (vLLM behind TRL's ``trl vllm-serve``, weights over NCCL),
+  :class:`SGLangEngine` (SGLang, weights from disk or over NCCL).
 - :class:`Task` (prompt sampler + reward), :class:`ReverseDigits` (the demo task),
   :class:`TextTask` (rows of text or chat prompts, any Hugging Face tokenizer, a reward
   on the decoded completion), :func:`word_problems` + :func:`gsm8k_reward` (arithmetic
@@ -45,6 +47,7 @@ from surge.rl._model import TinyLM, TinyLMConfig, token_logprobs
 from surge.rl._openai import OpenAIEngine, WeightPusher, disk_weight_pusher
 from surge.rl._ray import RayEngine
 from surge.rl._rollout import Generator, Rollout
+from surge.rl._servers import SGLangEngine, VLLMServerEngine
 from surge.rl._task import ReverseDigits, Task
 from surge.rl._text import (
     TextTask,
@@ -70,6 +73,7 @@ __all__ = [
     "RayEngine",
     "ReverseDigits",
     "Rollout",
+    "SGLangEngine",
     "StepStats",
     "Task",
     "TextTask",
@@ -78,6 +82,7 @@ __all__ = [
     "TinyLMConfig",
     "Trainer",
     "TrainerStopped",
+    "VLLMServerEngine",
     "WeightLayout",
     "WeightPusher",
     "WeightSync",

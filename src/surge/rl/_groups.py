@@ -18,7 +18,11 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
-__all__ = ["BroadcastGroup", "gloo_group", "nccl_group", "sglang_nccl_group"]
+__all__ = ["BroadcastGroup", "GroupBroken", "gloo_group", "nccl_group", "sglang_nccl_group"]
+
+
+class GroupBroken(ConnectionError):
+    """The other end of a weight group went away mid-transfer (a server restart)."""
 
 
 class BroadcastGroup(Protocol):
@@ -41,10 +45,22 @@ class _Gloo:
         opts = dist.BroadcastOptions()
         opts.rootRank = src
         opts.rootTensor = 0
-        self._pg.broadcast([tensor], opts).wait()
+        pg = self._pg
+        if pg is None:
+            raise GroupBroken("the weight group is closed")
+        try:
+            pg.broadcast([tensor], opts).wait()
+        except RuntimeError as exc:  # gloo: "Connection reset by peer", timeouts
+            raise GroupBroken(str(exc)) from exc
 
     def barrier(self) -> None:
-        self._pg.barrier().wait()
+        pg = self._pg
+        if pg is None:
+            raise GroupBroken("the weight group is closed")
+        try:
+            pg.barrier().wait()
+        except RuntimeError as exc:
+            raise GroupBroken(str(exc)) from exc
 
     def close(self) -> None:
         self._pg = None

@@ -56,7 +56,13 @@ import torch
 
 from surge.rl._engines import OnError, OnResult, _free_port
 from surge.rl._errors import TrainerStopped
-from surge.rl._groups import BroadcastGroup, gloo_group, nccl_group, sglang_nccl_group
+from surge.rl._groups import (
+    BroadcastGroup,
+    GroupBroken,
+    gloo_group,
+    nccl_group,
+    sglang_nccl_group,
+)
 from surge.rl._rollout import Rollout, _mix
 from surge.rl._task import Task
 from surge.rl._weights import WeightLayout, WeightSyncStats
@@ -299,7 +305,7 @@ class _ServerEngine:
         start = time.perf_counter()
         try:
             self._push(tensors, version)
-        except (_Unavailable, httpx.TransportError):
+        except (_Unavailable, httpx.TransportError, GroupBroken):
             with self._cond:  # this version still has to reach the server
                 if self._latest is None:
                     self._latest = job
@@ -335,7 +341,7 @@ class _ServerEngine:
             try:
                 action()
                 return
-            except (_Unavailable, httpx.TransportError) as exc:
+            except (_Unavailable, httpx.TransportError, GroupBroken) as exc:
                 if time.monotonic() > deadline:
                     raise TrainerStopped(
                         f"{what}: no answer from {self.base_url} within {self._timeout}s "
@@ -418,7 +424,7 @@ class _ServerEngine:
                 start = time.perf_counter()
                 try:
                     answers = await self._request(client, prompts, seed)
-                except (_Unavailable, httpx.TransportError):
+                except (_Unavailable, httpx.TransportError, GroupBroken):
                     with self._cond:
                         self._resync = True
                         self._cond.notify_all()

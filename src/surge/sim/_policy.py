@@ -75,6 +75,7 @@ class PolicyHost:
         self.lock = threading.Lock()
         self.requests = 0
         self.updates = 0
+        self.closed = False
         own = self.model.state_dict()
         self._layout = WeightLayout.of(own)
         self._own = own
@@ -124,9 +125,13 @@ class PolicyHost:
             data = json.loads(body) if body else {}
         except ValueError:
             return 400, {"error": "body is not JSON"}
+        if self.closed:
+            return 503, {"error": "the server is shutting down"}
         try:
             return 200, await self._dispatch(method, path, data)
-        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        except Exception as exc:
+            if self.closed:  # a broadcast cut short by the shutdown
+                return 503, {"error": "the server is shutting down"}
             return 400, {"error": f"{type(exc).__name__}: {exc}"}
 
     async def _dispatch(self, method: str, path: str, data: dict[str, Any]) -> Any:
@@ -330,16 +335,18 @@ class PolicyHost:
         )
 
     def _sgl_from_distributed(self, data: dict[str, Any]) -> None:
-        if self._sgl_group is None:
+        group = self._sgl_group
+        if group is None:
             raise RuntimeError("no weight update group. HINT: POST /init_weights_update_group")
         tensors = {}
         for name, dtype, shape in zip(data["names"], data["dtypes"], data["shapes"], strict=True):
             tensor = torch.empty([int(x) for x in shape], dtype=getattr(torch, dtype))
-            self._sgl_group.broadcast(tensor, src=0)
+            group.broadcast(tensor, src=0)
             tensors[str(name)] = tensor
         self._load(tensors, str(data.get("weight_version") or self.weight_version), whole=True)
 
     def close(self) -> None:
+        self.closed = True
         self._trl_close()
         if self._sgl_group is not None:
             self._sgl_group.close()
