@@ -204,11 +204,12 @@ def test_a_damaged_journal_is_named_with_a_hint_and_recover_sends_only_the_rest(
     assert [reply_text(x) for x in recovered] == [reply_text(x) for x in lines]
 
 
-def test_a_journal_lost_with_the_output_kept_recovers_from_a_parquet_output(
-    sim: surge.sim.SimServer, tmp_path: Path
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".tsv"])
+def test_a_journal_lost_with_the_output_kept_recovers_from_a_table_output(
+    sim: surge.sim.SimServer, tmp_path: Path, suffix: str
 ) -> None:
     source = write_batch(tmp_path / "in.jsonl", 12)
-    output = tmp_path / "out.parquet"
+    output = tmp_path / f"out{suffix}"
     run(JobSettings(str(source), str(output), base_url=sim.url, cache=False))
     Path(f"{output}.journal").unlink()
     sent = sim.stats()["requests"]

@@ -27,13 +27,17 @@ Answer = tuple[str, str | None, dict[str, Any]]  # custom_id, request_id, respon
 
 
 def read_answers(output: Path) -> Iterator[Answer]:
-    """The successful answers in an output file surge wrote (JSONL, CSV or Parquet)."""
+    """The successful answers in an output file surge wrote: JSONL (the Batch output
+    format), or CSV, TSV and Parquet (rows with `custom_id` and the raw `body`)."""
     suffix = output.suffix.lower()
-    if suffix == ".parquet":
+    if suffix in (".parquet", ".pq"):
         yield from _table_answers(_parquet_rows(output))
-    elif suffix == ".csv":
+    elif suffix in (".csv", ".tsv"):
+        # A raw body (an embedding, a long reply) can pass csv's default 128 KiB field.
+        csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
         with output.open(newline="", encoding="utf-8") as handle:
-            yield from _table_answers(csv.DictReader(handle))
+            delimiter = "\t" if suffix == ".tsv" else ","
+            yield from _table_answers(csv.DictReader(handle, delimiter=delimiter))
     else:
         with output.open(encoding="utf-8") as handle:
             for text in handle:
@@ -100,7 +104,7 @@ def recover_from_output(
                 started_at=now, finished_at=now,
             )  # fmt: skip
             adopted += journal.adopt(outcome)
-    except (OSError, ValueError, ImportError) as exc:  # ValueError: pyarrow, UTF-8
+    except (OSError, ValueError, ImportError, csv.Error) as exc:  # ValueError: pyarrow, UTF-8
         raise JobInputError(
             f"--recover cannot read {output}: {exc}. HINT: rerun without --recover to send "
             "every line again, or restore the output file first."
