@@ -1,4 +1,6 @@
-"""`surge rl demo`: train a tiny transformer to reverse digit strings, sync then async.
+"""`surge rl demo | train | report`: the async-RL demo, config-file training, its plots.
+
+`surge rl demo` trains a tiny transformer to reverse digit strings, sync then async.
 
 Prints reward against wall time for both runs, with the staleness actually observed and
 how busy the generator and trainer were, so the trade-off is visible on a laptop. torch
@@ -7,6 +9,7 @@ is imported only when the command runs: the rest of the CLI works without the rl
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -166,3 +169,90 @@ def _time_to(history: list[StepStats], target: float) -> float | None:
 
 def _fmt(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.1f}s"
+
+
+def _need_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise typer.BadParameter(
+            "surge rl needs torch. HINT: pip install 'surge[rl]'", param_hint="rl"
+        ) from None
+
+
+@rl_app.command("train")
+def train(
+    config: Path = typer.Argument(..., help="Run config: YAML (.yaml/.yml) or TOML (.toml)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's checkpoint."),
+    steps: int | None = typer.Option(None, min=1, help="Override the config's steps."),
+    wandb: bool = typer.Option(False, "--wandb", help="Also log to Weights & Biases."),
+) -> None:
+    """Train a model on a task as a config file describes (see README, "Training a
+    model on your task")."""
+    _need_torch()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from surge.rl._errors import RLError
+    from surge.rl._train_config import load_train_config
+    from surge.rl._train_run import train_from_config
+
+    console = Console()
+    try:
+        cfg = load_train_config(config)
+    except RLError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    total = steps or cfg.steps
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    last_eval: dict[str, float] = {}
+    with Progress(*columns, console=console, transient=False) as bar:
+        job = bar.add_task(f"{cfg.rl.mode} → {cfg.output}", total=total, info="")
+
+        def on_step(done: int, total_steps: int, record: dict[str, Any]) -> None:
+            if "eval_accuracy" in record:
+                last_eval["acc"] = record["eval_accuracy"]
+            acc = f" eval acc {last_eval['acc']:.3f}" if "acc" in last_eval else ""
+            info = (
+                f"reward {record['reward_mean']:.3f}{acc} lag≤{record['lag_max']} "
+                f"ess {record['ess']:.3f} kl {record['kl']:.4f} "
+                f"{record['tokens_per_second']:.0f} tok/s"
+            )
+            bar.update(job, completed=done, total=total_steps, info=info)
+
+        try:
+            run_dir = train_from_config(
+                cfg, resume=resume, wandb=wandb, steps=steps, progress=on_step
+            )
+        except RLError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    console.print(
+        f"metrics: {run_dir / 'metrics.jsonl'}  checkpoint: {run_dir / 'checkpoint.pt'}  "
+        f"plot: surge rl report {run_dir}",
+        highlight=False,
+    )
+
+
+@rl_app.command("report")
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run folders written by `surge rl train`."),
+    out: Path = typer.Option(Path("rl-report.png"), "--out", "-o", help="PNG to write."),
+    window: int = typer.Option(10, min=1, help="Steps in the reward's moving mean."),
+) -> None:
+    """Reward and held-out accuracy against wall time, the runs side by side."""
+    from surge.rl._errors import RLError
+    from surge.rl._report import plot_runs
+
+    console = Console()
+    try:
+        path = plot_runs(list(runs), out, window=window)
+    except RLError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"wrote {path}", highlight=False)
