@@ -12,7 +12,7 @@ with an actual model, the endpoints of the two servers :mod:`surge.rl` drives:
   ``POST /generate`` (``input_ids``; answers ``meta_info.output_token_logprobs`` and
   ``meta_info.weight_version``), ``POST /update_weights_from_disk`` (a Hugging Face
   checkpoint folder), ``POST /init_weights_update_group``,
-  ``POST /update_weights_from_distributed``, ``GET /get_weight_version``.
+  ``POST /update_weights_from_distributed``, ``GET /get_weight_version``, ``GET /health``.
 
 Weight broadcasts run over gloo where the real servers use NCCL: same group shapes (TRL:
 the server's worker is rank 0 and hosts the store, the client is the last rank; SGLang:
@@ -39,7 +39,7 @@ from surge.rl._weights import WeightLayout
 
 __all__ = ["PolicyHost", "tiny_policy"]
 
-_GET = {"/health/", "/get_world_size/", "/get_weight_version"}
+_GET = {"/health/", "/health", "/get_world_size/", "/get_weight_version"}
 _POST = {
     "/generate/",
     "/init_communicator/",
@@ -138,6 +138,8 @@ class PolicyHost:
         if method == "GET":
             if path == "/health/":
                 return {"status": "ok"}
+            if path == "/health":  # SGLang answers an empty 200
+                return {}
             if path == "/get_world_size/":
                 return {"world_size": 1}
             return {"weight_version": self.weight_version}
