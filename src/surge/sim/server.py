@@ -645,8 +645,9 @@ async def _not_found(scope: Scope, send: Send, method: str, path: str) -> None:
     anthropic = any(name == b"anthropic-version" for name, _ in scope["headers"])
     message = (
         f"Invalid URL ({method} {path}). HINT: the simulator serves /v1/chat/completions, "
-        "/v1/embeddings, /v1/messages and /v1/models: an OpenAI base_url ends in /v1, an "
-        "Anthropic one is the bare host:port."
+        "/v1/embeddings, /v1/messages and /v1/models (also without /v1): check the base "
+        "URL (surge run and the OpenAI SDK: http://HOST:PORT/v1; the Anthropic SDK: "
+        "http://HOST:PORT)."
     )
     await _respond(send, 404, _error(anthropic, 404, message))
 
