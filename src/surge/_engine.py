@@ -48,6 +48,7 @@ from surge._feedback import (
 )
 from surge._limits import Estimate, Limiter, Permit
 from surge._limits import total_tokens as _total
+from surge._loop import run_in_background
 from surge._results import Event, Result, Results, RunStatistics, Usage
 from surge._retry import RetryPolicy, Wait, classify, full_jitter
 from surge._wire import AttemptScope, current_attempt, sdk_retry_count
@@ -729,16 +730,13 @@ def map(
 ) -> Results[T]:
     """The synchronous form of `gather`, for scripts and notebooks.
 
-    From a plain script it runs its own event loop. Inside an already running loop (a
-    Jupyter cell) it runs on a fresh loop in a worker thread and blocks until done;
-    anything `fn` uses that is bound to a loop (an `httpx.AsyncClient`) must then be
-    created inside `fn`'s own loop, not the notebook's.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(gather(fn, items, **options))
-    import concurrent.futures
+    Every `map` in a process runs on one long-lived event loop in a background thread,
+    so a module-level async client (`client = surge.wire(openai.AsyncOpenAI())`), whose
+    connections belong to the loop that first used them, serves every call::
 
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="surge-map") as pool:
-        return pool.submit(asyncio.run, gather(fn, items, **options)).result()
+        results = surge.map(summarize, texts, concurrency=20)   # as often as you like
+
+    From inside a running loop (a Jupyter cell) it blocks that loop until done; there,
+    `await surge.gather(...)` is the better call. Ctrl-C cancels the calls in flight.
+    """
+    return run_in_background(gather(fn, items, **options))

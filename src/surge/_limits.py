@@ -467,8 +467,8 @@ class Limiter:
         elif self._loop is not loop:
             raise RuntimeError(
                 "This Limiter is already used by another event loop. HINT: a limiter "
-                "belongs to one event loop; create one per loop (surge.map from inside a "
-                "running loop runs on a loop of its own)."
+                "belongs to one event loop; create one per loop (surge.map runs on surge's "
+                "own background loop, not on the loop `await surge.gather` runs on)."
             )
         return loop
 
