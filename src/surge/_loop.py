@@ -62,8 +62,8 @@ def run_in_background(coro: Coroutine[Any, Any, T]) -> T:
         if task.cancelled():
             # Not outcome.cancel(): that does not wake concurrent.futures.wait().
             outcome.set_exception(concurrent.futures.CancelledError())
-        elif task.exception() is not None:
-            outcome.set_exception(task.exception())  # type: ignore[arg-type]
+        elif (error := task.exception()) is not None:
+            outcome.set_exception(error)
         else:
             outcome.set_result(task.result())
 
