@@ -65,7 +65,7 @@ def describe_fault(
 ) -> str:
     """What stopped the job and how to fix it, ending in how to go on."""
     url = endpoint_url(provider, base_url)
-    detail = scrub(str(error) or type(error).__name__, key)
+    detail = scrub(str(error) or type(error).__name__, key).rstrip(". ")
     status = getattr(error, "status_code", None)
     rerun = "then rerun the same command: it sends exactly the items not yet done."
     if isinstance(error, QuotaExceededError):

@@ -523,7 +523,7 @@ class _Job:
         last retry while the provider kept answering others (see `record`), until
         nothing is in flight. Each goes through `_admit` for --max-cost."""
         for pack in self.packs():
-            if not self._admit(pack):
+            if not await self._admit(pack):
                 return
             yield pack
         while self.deferred or self.in_flight:
@@ -531,7 +531,7 @@ class _Job:
             if again:
                 self.deferred = [d for d in self.deferred if d.successes_before >= self.successes]
                 for deferred in again:
-                    if not self._admit(deferred.pack):
+                    if not await self._admit(deferred.pack):
                         self.deferred.append(deferred)  # stays pending in the journal
                         return
                     yield deferred.pack
@@ -546,18 +546,23 @@ class _Job:
             self.record_failure(deferred.result, deferred.pack)
         self.deferred = []
 
-    def _admit(self, pack: Pack) -> bool:
+    async def _admit(self, pack: Pack) -> bool:
         """Number the pack as the engine will, so events and results map back to items,
-        and hold dispatch back once spent plus reserved cost could pass --max-cost."""
+        and hold dispatch back while spent plus reserved cost could pass --max-cost:
+        until the answers in flight settle their reservations, and for good once
+        nothing is in flight and the pack still does not fit."""
         index = self.dispatched
         budget = self.settings.max_cost
         if budget is not None:
             # The ceiling: the request's max output tokens, all billed. Unknown prices
             # were refused before the run.
             estimate = sum((self.estimate_cost(item) or (0.0, 0.0))[1] for item in pack)
-            if self.spent + sum(self.reserved_cost.values()) + estimate > budget:
-                self.budget_hit = True
-                return False
+            while self.spent + sum(self.reserved_cost.values()) + estimate > budget:
+                if not self.reserved_cost:
+                    self.budget_hit = True
+                    return False
+                self.answered.clear()
+                await self.answered.wait()
             self.reserved_cost[index] = estimate
         self.dispatched += 1
         self.in_flight[index] = pack
