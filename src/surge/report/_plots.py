@@ -9,6 +9,7 @@ grid behind ``--png``.
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -440,7 +441,11 @@ def summary_png(data: JobData, header: list[tuple[str, str]]) -> bytes:
     )  # fmt: skip
     text = figure.add_subplot(grid[0, :])
     text.axis("off")
-    lines = [f"{key}: {value}" for key, value in header]
+    # Each half of the figure holds about 80 monospace characters: wrap longer entries
+    # (the limits) rather than let them run into the other column.
+    lines = [
+        textwrap.fill(f"{key}: {value}", 80, subsequent_indent="    ") for key, value in header
+    ]
     half = (len(lines) + 1) // 2
     for column, chunk in enumerate((lines[:half], lines[half:])):
         text.text(
