@@ -279,8 +279,9 @@ def _print_report(report: JobReport, settings: JobSettings, console: Console) ->
         console.print(f"[red]stopped:[/] {escape(report.fault)}", highlight=False)
     if report.outcome in ("interrupted", "stopped") or report.summary.pending:
         why = f" ({report.stopped_reason})" if report.stopped_reason else ""
+        then = "Once that is fixed, resume" if report.fault else "Resume"
         console.print(
-            f"[yellow]{report.summary.pending:,} items not yet sent{why}.[/] Resume with the same command:"
+            f"[yellow]{report.summary.pending:,} items not yet sent{why}.[/] {then} with the same command:"
         )
         console.print("  " + " ".join(_shell_quote(a) for a in sys.argv), highlight=False)
 
