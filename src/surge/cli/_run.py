@@ -62,13 +62,16 @@ def run(
     timeout: float = typer.Option(300.0, help="Seconds per attempt."),
     order: str = typer.Option("input", help="Output order: input or completion."),
     max_cost: float | None = typer.Option(
-        None, help="Stop dispatching before spent + reserved cost passes this (USD)."
+        None,
+        help="Budget in USD: spent plus the ceiling of every request in flight never passes it.",
     ),
     max_failures: int | None = typer.Option(
         None, help="Stop dispatching after this many failed requests."
     ),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="Count tokens and estimate cost; send nothing."
+        False,
+        "--dry-run",
+        help="Estimate tokens and cost (input-only floor to max_tokens ceiling); send and write nothing.",
     ),
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Do not answer identical requests from the cache."
