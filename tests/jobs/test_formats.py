@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from surge.jobs._model import InputError, JobInputError, Request
-from surge.jobs.formats import derived_id, detect_format, read_requests
+from surge.jobs.formats import check_input, derived_id, detect_format, read_requests
 
 DATA = Path(__file__).parent / "data"
 
@@ -550,3 +550,32 @@ def test_a_large_csv_stream_is_read_in_constant_memory(monkeypatch: pytest.Monke
     )
     assert count == n
     assert peak < 500_000, f"peak {peak:,} bytes"  # the input is ~1 MB
+
+
+def test_an_empty_input_yields_nothing_whatever_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("empty", "empty.jsonl", "empty.txt"):
+        (tmp_path / name).write_text("\n \n")
+        assert list(read_requests(str(tmp_path / name))) == []
+        check_input(str(tmp_path / name))
+    use_stdin(monkeypatch, b"\n\n")
+    assert list(read_requests("-")) == []
+    (tmp_path / "words").write_text("not json\n")
+    with pytest.raises(JobInputError, match="cannot tell the format"):
+        check_input(str(tmp_path / "words"))
+
+
+def test_check_input_refuses_what_read_requests_would_without_reading_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_stdin(monkeypatch, b'{"prompt": "kept for the run"}\n')
+    with pytest.raises(JobInputError, match="unknown format 'xml'"):
+        check_input("-", format="xml")  # type: ignore[arg-type]
+    with pytest.raises(JobInputError, match="Parquet cannot be read from stdin"):
+        check_input("-", format="parquet")
+    check_input("-")
+    [request] = list(read_requests("-", model="m"))  # stdin is still whole
+    assert request.body["messages"][0]["content"] == "kept for the run"
+    with pytest.raises(JobInputError, match="no model"):
+        check_input(str(DATA / "articles.csv"), prompt_column="text")

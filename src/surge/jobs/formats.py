@@ -168,7 +168,9 @@ def read_requests(
     undetectable format, an unknown endpoint, CSV/Parquet without a prompt source or
     model, or a column that does not exist. Malformed lines are yielded as InputError
     (with file, line, field and what is wrong), and reading goes on. Blank lines are
-    skipped.
+    skipped; an input of nothing but blank lines (not a CSV, which needs its header)
+    yields nothing, whatever its name. `check_input` makes the same checks without
+    reading a request.
 
         >>> for item in read_requests("prompts.jsonl", model="gpt-4o-mini"):  # doctest: +SKIP
         ...     print(item.custom_id if isinstance(item, Request) else f"bad: {item}")
