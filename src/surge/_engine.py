@@ -115,7 +115,9 @@ class Run(Generic[T]):
             print(result.index, result.value)
 
     `statistics()` gives a live snapshot; `stop()` stops dispatching new items (those
-    not yet started come back as "not_started" results).
+    not yet started come back as "not_started" results); `fault` is the job-level fault
+    (a refused key, a spent quota, an endpoint nothing answers at) that stopped the run,
+    if one did (see `RunOptions`).
     """
 
     def __init__(
