@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import pytest
 import torch
 
 from surge.rl import (
@@ -102,3 +105,37 @@ def _sync(server: FakeVLLM) -> Any:
         return httpx.Response(200, json={"success": True})
 
     return handler
+
+
+def test_publish_does_not_wait_for_the_pusher_and_batches_wait_for_min_version() -> None:
+    task = ReverseDigits(length=3, digits=4)
+    torch.manual_seed(0)
+    cfg = TinyLMConfig(vocab_size=task.vocab_size, d_model=16, d_ff=32)
+    server = FakeVLLM(TinyLM(cfg))
+    release = threading.Event()
+
+    def slow_push(state: Mapping[str, torch.Tensor], version: int) -> None:
+        release.wait(10)  # the server takes its time to load
+        server.load(state, version)
+
+    got: list[Any] = []
+    engine = OpenAIEngine(
+        task, base_url="http://vllm/v1", model="policy", group_size=2, seed=0,
+        push_weights=slow_push, on_result=got.extend, on_error=pytest.fail,
+        transport=httpx.MockTransport(server.handle),
+    )  # fmt: skip
+    try:
+        start = time.perf_counter()
+        engine.publish(TinyLM(cfg).state_dict(), 0)
+        assert time.perf_counter() - start < 0.5  # a copy, not the push
+        engine.submit([0], min_version=0)
+        time.sleep(0.2)
+        assert not server.bodies  # version 0 is not served yet: nothing sent
+        release.set()
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.version == 0 and len(got) == 1 and got[0].min_version == 0
+    finally:
+        release.set()
+        engine.close()

@@ -7,13 +7,17 @@ the completion comes back as ids (vLLM's spelling). Requests go through
 of surge uses.
 
 Weights travel through a *pusher*: a callable that makes the server load a state dict and
-returns once it serves it. No HTTP weight endpoint is standard (SGLang has
-``/update_weights_from_disk``; TRL's ``vllm-serve`` pushes over NCCL), so the pusher is
-yours to pick; :func:`disk_weight_pusher` covers the save-to-disk-then-POST kind.
+returns once it serves it, for servers whose weight endpoint is your own. For TRL's
+``trl vllm-serve`` and for SGLang use :class:`~surge.rl.VLLMServerEngine` and
+:class:`~surge.rl.SGLangEngine`, which speak those servers' own weight protocols;
+:func:`disk_weight_pusher` covers the save-to-disk-then-POST kind.
 
-Tokens carry the version the server was confirmed to serve when the request was sent: a
-server swaps weights between its own scheduler steps, so the true version of a token may
-be newer, never older, and lag measured this way is an upper bound.
+``publish`` copies the weights into a send buffer and returns; a publisher thread calls
+the pusher (a newer publish replaces one not yet started). Tokens carry the version the
+server was confirmed to serve when the request was sent, and a batch is sent only once
+that version reaches the batch's ``min_version``: a server swaps weights between its
+own scheduler steps, so the true version of a token may be newer, never older, and lag
+measured this way is an upper bound.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ import torch
 
 import surge
 from surge.rl._engines import OnError, OnResult, stop_worker
+from surge.rl._errors import TrainerStopped
 from surge.rl._rollout import Rollout, _mix
 from surge.rl._task import Task
-from surge.rl._weights import WeightSyncStats
+from surge.rl._weights import WeightLayout, WeightSyncStats
 
 __all__ = ["OpenAIEngine", "WeightPusher", "disk_weight_pusher"]
 
@@ -47,8 +52,10 @@ def disk_weight_pusher(
 ) -> WeightPusher:
     """A pusher that saves the weights under ``directory`` and POSTs their path to ``url``.
 
-    The body is ``{"model_path": ..., "version": ...}`` (SGLang's update_weights_from_disk
-    takes ``model_path``); the server must answer 2xx once it serves the new weights.
+    The file is a ``torch.save`` state dict (``weights-v{version}.pt``) and the body is
+    ``{"model_path": ..., "version": ...}``, for a server endpoint of your own; the server
+    must answer 2xx once it serves the new weights. (SGLang's ``update_weights_from_disk``
+    wants a Hugging Face checkpoint folder: :class:`~surge.rl.SGLangEngine` writes one.)
     """
     directory = Path(directory)
     http = client or httpx.Client(timeout=600)
@@ -108,14 +115,23 @@ class OpenAIEngine:
         self._push = push_weights
         self._on_result, self._on_error = on_result, on_error
         self._concurrency, self._timeout, self._transport = concurrency, timeout, transport
-        self._version = -1
-        self._lock = threading.Lock()
+        self._version = -1  # confirmed: the server serves it
+        self._lock = threading.Condition()
+        self._latest: tuple[list[torch.Tensor], int] | None = None  # published, not pushed
+        self._layout: WeightLayout | None = None
+        self._closing = False
         self._busy = 0.0
         self._publishes = 0
         self._publish_s = 0.0
+        self._pushes = 0
+        self._push_s = 0.0
         self._requests: queue.Queue[tuple[list[int], int] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="surge-rl-openai", daemon=True)
         self._thread.start()
+        self._publisher = threading.Thread(
+            target=self._publish_loop, name="surge-rl-openai-publisher", daemon=True
+        )
+        self._publisher.start()
 
     def _loop(self) -> None:
         asyncio.run(self._serve())
@@ -126,10 +142,20 @@ class OpenAIEngine:
                 req = await asyncio.to_thread(self._requests.get)
                 if req is None:
                     return
-                tickets, _ = req
+                tickets, min_version = req
+                # send only once the server serves what the bound needs
+                version = await asyncio.to_thread(self._wait_version, min_version)
+                if version < min_version:
+                    if self._closing:
+                        return
+                    self._on_error(
+                        TrainerStopped(
+                            f"the server did not reach weights version {min_version} within "
+                            f"{self._timeout}s. HINT: does the pusher succeed?"
+                        )
+                    )
+                    return
                 start = time.perf_counter()
-                with self._lock:
-                    version = self._version
                 try:
                     results = await surge.gather(
                         functools.partial(self._complete, client, version=version),
@@ -143,6 +169,13 @@ class OpenAIEngine:
                     return
                 self._busy += time.perf_counter() - start
                 self._on_result(rollouts)
+
+    def _wait_version(self, min_version: int) -> int:
+        with self._lock:
+            self._lock.wait_for(
+                lambda: self._version >= min_version or self._closing, self._timeout
+            )
+            return self._version
 
     async def _complete(self, client: httpx.AsyncClient, ticket: int, *, version: int) -> Rollout:
         import random
@@ -191,28 +224,60 @@ class OpenAIEngine:
         self._requests.put((tickets, min_version))
 
     def publish(self, state: Mapping[str, torch.Tensor], version: int) -> None:
-        """Push weights; blocks until the server confirms, so ``version`` is then true."""
+        """Copy the weights into a send buffer and return; the publisher pushes them."""
         start = time.perf_counter()
-        self._push(state, version)
+        if self._layout is None:
+            self._layout = WeightLayout.of(state)
+        buffers = self._layout.pack(state, device="cpu")
         with self._lock:
-            self._version = version
-        self._publishes += 1
-        self._publish_s += time.perf_counter() - start
+            newest = self._latest[1] if self._latest else self._version
+            if version <= newest:
+                raise ValueError(f"weights version must increase: have {newest}, got {version}")
+            self._latest = (buffers, version)
+            self._publishes += 1
+            self._publish_s += time.perf_counter() - start
+            self._lock.notify_all()
+
+    def _publish_loop(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._latest is not None or self._closing)
+                if self._latest is None:
+                    return
+                (buffers, version), self._latest = self._latest, None
+            assert self._layout is not None
+            start = time.perf_counter()
+            try:
+                self._push(self._layout.views(buffers), version)
+            except BaseException as exc:
+                self._on_error(exc)
+                return
+            with self._lock:
+                self._version = version
+                self._pushes += 1
+                self._push_s += time.perf_counter() - start
+                self._lock.notify_all()
 
     def busy_seconds(self) -> float:
         return self._busy
 
     def weight_stats(self) -> WeightSyncStats:
-        return WeightSyncStats(
-            version=self._version,
-            publishes=self._publishes,
-            pulls=self._publishes,
-            publish_seconds=self._publish_s,
-            pull_seconds=0.0,
-        )
+        with self._lock:
+            return WeightSyncStats(
+                version=self._version,
+                publishes=self._publishes,
+                pulls=self._pushes,
+                publish_seconds=self._publish_s,
+                pull_seconds=self._push_s,
+            )
 
     def in_flight_updates(self) -> int:
         return 0
 
     def close(self) -> None:
+        """Stop generating; the newest published weights still reach the server."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
         stop_worker(self._requests, self._thread)
+        self._publisher.join()
