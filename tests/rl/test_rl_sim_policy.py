@@ -121,3 +121,27 @@ def test_a_server_restart_mid_run_is_survived(kind: str, tmp_path: Any) -> None:
     # it was given the newest weights again, not left on the ones it started with
     served = new_host.model.state_dict()
     assert any(not torch.equal(served[k], v) for k, v in initial.state_dict().items())
+
+
+def test_rl_demo_runs_through_a_simulator_hosted_server() -> None:
+    from typer.testing import CliRunner
+
+    import surge.cli._rl  # noqa: F401  (registers `surge rl`)
+    from surge.cli import app
+
+    result = CliRunner().invoke(
+        app, ["rl", "demo", "--server", "--mode", "async", "--steps", "4", "--length", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "async k=2 (server) step    4" in result.output
+
+
+def test_sim_refuses_an_unknown_policy_with_a_hint() -> None:
+    from typer.testing import CliRunner
+
+    import surge.cli._sim  # noqa: F401  (registers `surge sim`)
+    from surge.cli import app
+
+    result = CliRunner().invoke(app, ["sim", "--policy", "huge"])
+    assert result.exit_code != 0
+    assert "tiny" in result.output

@@ -9,6 +9,7 @@ is imported only when the command runs: the rest of the CLI works without the rl
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ def _run(
     seed: int,
     sync_threads: int,
     console: Console,
+    server: bool = False,
 ) -> list[StepStats]:
     import torch
 
@@ -63,9 +65,14 @@ def _run(
         knobs["max_staleness"] = max_staleness
     trainer = Trainer(model, task, RLConfig(**knobs))
     label = "sync" if mode == "sync" else f"async k={max_staleness}"
+    hosted: Any = contextlib.nullcontext()
+    if server and mode == "async":  # generation over HTTP on a simulator-hosted policy
+        from surge.sim._policy import hosted_policy
+
+        hosted, label = hosted_policy(trainer), f"{label} (server)"
     history: list[StepStats] = []
     every = max(1, steps // 10)
-    with console.status(f"training {label}…"):
+    with hosted, console.status(f"training {label}…"):
         for stats in trainer.run(steps):
             history.append(stats)
             if stats.step % every == 0 or stats.step == steps - 1:
@@ -94,6 +101,12 @@ def demo(
     sync_threads: int = typer.Option(1, min=1, help="Intra-op threads per sync phase."),
     seed: int = typer.Option(0, help="Seed for weights, prompts and sampling."),
     target: float = typer.Option(0.8, help="Reward level to time (10-step mean)."),
+    server: bool = typer.Option(
+        False,
+        "--server",
+        help="Async run: generate over HTTP on a simulator-hosted copy of the policy "
+        "(SGLang's protocol, weights over a gloo group standing in for NCCL).",
+    ),
 ) -> None:
     """Train the demo task both ways and print reward against wall time."""
     try:
@@ -123,6 +136,7 @@ def demo(
             seed=seed,
             sync_threads=sync_threads,
             console=console,
+            server=server,
         )
     table = Table(title="surge rl demo")
     cols = ("run", "wall", "s/step", f"to {target:g}", "r@10", "r@end", "lag")

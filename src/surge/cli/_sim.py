@@ -76,6 +76,14 @@ def sim(
     any_model: Annotated[
         bool, typer.Option("--any-model", help="Accept any model name (no 404 for unknown ones).")
     ] = False,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            "--policy",
+            help="Also serve a real torch policy behind the trl vllm-serve and SGLang "
+            "endpoints surge.rl speaks: 'tiny' (the rl demo's TinyLM; needs torch).",
+        ),
+    ] = None,
 ) -> None:
     from surge.sim import PROFILES, Faults, Latency, serve
     from surge.sim.server import new_event_loop
@@ -135,13 +143,25 @@ def sim(
         raise typer.BadParameter(str(exc)) from None
 
     console = Console(stderr=True)
+    host_policy: Any = None
+    if policy is not None:
+        if policy != "tiny":
+            raise typer.BadParameter("the one policy on offer is 'tiny'", param_hint="--policy")
+        try:
+            from surge.sim._policy import PolicyHost, tiny_policy
+        except ImportError:
+            raise typer.BadParameter(
+                "--policy needs torch. HINT: pip install 'surge[rl]'", param_hint="--policy"
+            ) from None
+        model, eos = tiny_policy()
+        host_policy = PolicyHost(model, eos_id=eos)
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with serve(config, host=host, port=port) as server:
+        async with serve(config, host=host, port=port, policy=host_policy) as server:
             limits = (
                 ", ".join(
                     f"{n}={v}"

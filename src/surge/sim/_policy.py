@@ -25,9 +25,11 @@ as they do on the real server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from torch import nn
 from surge.rl._groups import BroadcastGroup, gloo_group
 from surge.rl._weights import WeightLayout
 
-__all__ = ["PolicyHost", "tiny_policy"]
+__all__ = ["PolicyHost", "hosted_policy", "tiny_policy"]
 
 _GET = {"/health/", "/health", "/get_world_size/", "/get_weight_version"}
 _POST = {
@@ -353,3 +355,39 @@ class PolicyHost:
         if self._sgl_group is not None:
             self._sgl_group.close()
             self._sgl_group = None
+
+
+@contextlib.contextmanager
+def hosted_policy(trainer: Any, *, protocol: str = "sglang") -> Iterator[Any]:
+    """Serve a copy of ``trainer``'s policy on a simulator in this process and point the
+    trainer at it: generation then goes over HTTP (SGLang's ``/generate`` or TRL's
+    ``/generate/``) and weights over a gloo group, the whole server path of
+    ``surge rl demo --server``. Yields the running server."""
+    import copy
+
+    from surge.rl import SGLangEngine, VLLMServerEngine
+    from surge.sim.server import serve_in_thread
+
+    host = PolicyHost(copy.deepcopy(trainer.model).cpu(), eos_id=trainer.task.eos_id)
+    cfg = trainer.config
+    with serve_in_thread(policy=host) as server:
+
+        def factory(on_result: Any, on_error: Any) -> Any:
+            common: dict[str, Any] = {
+                "base_url": server.base_url,
+                "group_size": cfg.group_size,
+                "seed": cfg.seed,
+                "on_result": on_result,
+                "on_error": on_error,
+                "backend": "gloo",
+                "timeout": cfg.weight_sync_timeout,
+            }
+            if protocol == "trl":
+                return VLLMServerEngine(trainer.task, **common)
+            return SGLangEngine(trainer.task, weights="distributed", **common)
+
+        trainer.engine_factory = factory
+        try:
+            yield server
+        finally:
+            trainer.engine_factory = None
