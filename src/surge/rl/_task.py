@@ -17,18 +17,20 @@ __all__ = ["ReverseDigits", "Task"]
 class Task(Protocol):
     """What the trainer needs from a task.
 
-    All prompts of a task have the same length (``prompt_len``) so batches need no
-    padding; completions end at ``eos_id`` or after ``max_new_tokens``.
+    Prompts may differ in length: batches are then left-padded with ``pad_id`` and the
+    model is called with ``attention_mask`` and ``position_ids`` (``HFCausalLM`` takes
+    them; ``TinyLM`` needs prompts of one length, as ``ReverseDigits`` draws them).
+    Completions end at ``eos_id`` or after ``max_new_tokens``. ``vocab_size`` is the
+    width of the model's logits. :class:`~surge.rl.TextTask` builds one from rows of text.
     """
 
     vocab_size: int
-    prompt_len: int
     max_new_tokens: int
     eos_id: int
     pad_id: int
 
     def sample_prompt(self, rng: random.Random) -> list[int]:
-        """A fresh prompt of ``prompt_len`` token ids, drawn from ``rng`` only."""
+        """A fresh prompt (token ids), drawn from ``rng`` only."""
         ...
 
     def reward(self, prompt: list[int], completion: list[int]) -> float:
