@@ -15,6 +15,7 @@ import pytest
 
 import surge
 import surge.sim
+from surge._loop import run_in_background
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -79,6 +80,8 @@ def test_the_script_example_runs_as_written(simulator: surge.sim.SimServer) -> N
     texts = [f"text {i}" for i in range(40)]
     namespace: dict[str, Any] = {"texts": texts}
     exec(compile(code, str(README), "exec"), namespace)  # a plain script: no loop running
+    # The client's connections live on surge.map's background loop: close them there.
+    run_in_background(namespace["client"].close())
     vectors = namespace["vectors"]
     assert len(vectors) == 40
     expected = surge.sim.embedding_vector("text 0")
