@@ -22,7 +22,8 @@ Pieces, each replaceable:
 - :class:`Trainer` + :class:`RLConfig`: the loop, the sync/async switch, the staleness
   bound (admission control), GRPO or online DPO, checkpoint and resume.
 - Engines, where generation runs: :class:`ThreadEngine` (in-process weight sync),
-  :class:`ProcessEngine` (own process, ``torch.distributed`` gloo weight sync),
+  :class:`ProcessEngine` (own process, ``torch.distributed`` weight sync: NCCL between
+  two GPUs, gloo otherwise),
   :class:`OpenAIEngine` (a vLLM-style server, requests through :func:`surge.gather`),
   :class:`RayEngine` (a pool of Ray actors with their own CPU/GPU resource requests),
   :class:`VLLMServerEngine` (vLLM behind TRL's ``trl vllm-serve``, weights over NCCL),

@@ -77,7 +77,7 @@ class RLConfig:
 
     - ``engine``: ``"thread"`` runs the generator in a thread of this process, with
       in-process weight sync; ``"process"`` runs it in its own process and pushes weights
-      with ``torch.distributed`` (gloo).
+      with ``torch.distributed`` (gloo; NCCL when trainer and generator are on two GPUs).
     - ``generator_threads`` / ``trainer_threads``: intra-op threads of each side; by
       default each phase gets every core when they take turns in one process (sync mode,
       thread engine) and the sides split the cores otherwise.
