@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 import anthropic
@@ -93,6 +94,9 @@ def test_a_shared_limiter_learns_through_the_wired_client_and_keeps_it_across_ru
     assert "requests" in {b.name for b in limiter.statistics().buckets}
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="the timeout is held while waiting on 3.11+ only"
+)
 def test_waiting_for_the_limiter_does_not_count_against_the_attempt_timeout() -> None:
     # The server takes 2 at once, then 20 a second: the 30th request waits ~1.4 s for
     # its turn, well past timeout=0.5, yet none times out.
@@ -119,6 +123,33 @@ def test_sdk_retries_underneath_surge_are_reported_once_with_a_hint(
     warnings = [r.getMessage() for r in caplog.records if "retried a request" in r.getMessage()]
     assert len(warnings) == 1
     assert "HINT" in warnings[0] and "surge.wire(" in warnings[0]
+
+
+def test_a_wired_client_reports_an_sdk_retry_it_sees_go_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The SDK marks each request with its own retry count; a request marked as a retry
+    # that succeeds raises nothing, and only the wired transport can see it.
+    async def main() -> surge.Results[Any]:
+        async with surge.sim.serve(profile="fast") as server:
+            client = surge.wire(openai.AsyncOpenAI(base_url=server.url, api_key="k"))
+
+            async def call(i: int) -> Any:
+                return await client.chat.completions.create(
+                    model="m",
+                    messages=[{"role": "user", "content": f"{i}"}],
+                    extra_headers={"x-stainless-retry-count": "1" if i % 2 else "0"},
+                )
+
+            results = await surge.gather(call, range(6))
+            await client.close()
+            return results
+
+    with caplog.at_level(logging.WARNING, logger="surge"):
+        results = asyncio.run(main())
+    assert all(r.ok for r in results)
+    warnings = [r.getMessage() for r in caplog.records if "retried a request" in r.getMessage()]
+    assert len(warnings) == 1 and "HINT" in warnings[0]
 
 
 def test_a_wired_client_outside_a_run_is_the_client_it_was() -> None:

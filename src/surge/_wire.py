@@ -157,7 +157,8 @@ def wire(client: C) -> C:
       `limiter=`), so a limiter given no `rpm=` adopts the provider's published limits;
     - a limiter that knows no rate yet sends the first request alone and holds the
       others until its headers arrive (once per client: later runs start from the
-      limits it learned);
+      limits it learned); on Python 3.11+ time spent waiting for the limiter does not
+      count against the attempt's `timeout=`;
     - the SDK's own retries are turned off (`max_retries=0`): surge retries, with
       backoff, Retry-After and the limiter, and an SDK retrying underneath would
       fight it. (Where surge sees an SDK retry anyway, it warns once per run.)
