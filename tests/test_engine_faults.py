@@ -57,6 +57,17 @@ def test_stop_on_fault_false_tries_every_item() -> None:
     results = run(surge.gather(call, range(50), concurrency=8, stop_on_fault=False))
     assert [r.status for r in results] == ["failed"] * 50
     assert all(r.attempts == 1 for r in results)
+    assert results.fault is None
+
+
+def test_gather_results_carry_the_fault() -> None:
+    async def call(i: int) -> int:
+        await asyncio.sleep(0.1)
+        raise surge.error_for_status(401)
+
+    results = run(surge.gather(call, range(50), concurrency=8))
+    assert isinstance(results.fault, surge.AuthenticationError)
+    assert [r.status for r in results].count("not_started") == 42
 
 
 def test_stop_on_fault_is_validated() -> None:

@@ -722,7 +722,7 @@ async def gather(
         if result.index >= len(ordered):
             ordered.extend([None] * (result.index + 1 - len(ordered)))
         ordered[result.index] = result
-    return Results(r for r in ordered if r is not None)
+    return Results((r for r in ordered if r is not None), fault=run.fault)
 
 
 def map(

@@ -94,10 +94,17 @@ class Result(Generic[T]):
 
 
 class Results(list[Result[T]]):
-    """The list `gather` returns, in input order, with a few conveniences."""
+    """The list `gather` returns, in input order, with a few conveniences.
 
-    def __init__(self, results: Iterable[Result[T]] = ()) -> None:
+    `fault` is the job-level fault that stopped the run (a refused key, a spent quota,
+    an endpoint nothing answers at; see `surge.RunOptions`), or None.
+    """
+
+    def __init__(
+        self, results: Iterable[Result[T]] = (), *, fault: BaseException | None = None
+    ) -> None:
         super().__init__(results)
+        self.fault = fault
 
     @property
     def failures(self) -> list[Result[T]]:
