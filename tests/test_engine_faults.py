@@ -202,6 +202,9 @@ def test_classify_tells_a_spent_quota_and_a_refused_connection_apart() -> None:
     assert isinstance(surge.classify(socket.gaierror(-2, "Name or service not known")),
                       surge.ConnectError)  # fmt: skip
     assert isinstance(surge.classify(httpx.ConnectError("refused")), surge.ConnectError)
+    # A host that never answers the handshake: nothing was sent either.
+    assert isinstance(surge.classify(httpx.ConnectTimeout("timed out")), surge.ConnectError)
+    assert type(surge.classify(httpx.ReadTimeout("slow"))) is surge.AttemptTimeout
     # A reset connection had been made: a plain transport error, not a job-level fault.
     reset = surge.classify(ConnectionResetError())
     assert type(reset) is surge.TransportError

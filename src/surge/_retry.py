@@ -153,8 +153,9 @@ def classify(error: BaseException) -> RetryableError | FatalError:
       a 429 whose error code is `insufficient_quota` is a QuotaExceededError;
     - timeouts (`TimeoutError`, `httpx.TimeoutException`, `openai.APITimeoutError`);
     - connections that could not be made at all (`ConnectionRefusedError`, a DNS
-      failure, `httpx.ConnectError`, aiohttp's `ClientConnectorError`, an
-      `openai.APIConnectionError` caused by one) are a ConnectError;
+      failure, `httpx.ConnectError` and `ConnectTimeout`, aiohttp's
+      `ClientConnectorError` and `ConnectionTimeoutError`, an
+      `openai.APIConnectionError` or `APITimeoutError` caused by one) are a ConnectError;
     - other connection failures (`OSError`, `httpx.TransportError`,
       `openai.APIConnectionError`) are a TransportError.
     Everything else is a bug in the call and is not retried.
@@ -167,12 +168,13 @@ def classify(error: BaseException) -> RetryableError | FatalError:
         classified.__cause__ = error
         return classified
     names = {cls.__name__ for cls in type(error).__mro__}
-    if isinstance(error, (TimeoutError, asyncio.TimeoutError)) or any(
+    out: RetryableError
+    if _is_connect_failure(error):
+        out = ConnectError(f"{type(error).__name__}: {error}")
+    elif isinstance(error, (TimeoutError, asyncio.TimeoutError)) or any(
         "Timeout" in n for n in names
     ):
-        out: RetryableError = AttemptTimeout(str(error) or type(error).__name__)
-    elif _is_connect_failure(error):
-        out = ConnectError(f"{type(error).__name__}: {error}")
+        out = AttemptTimeout(str(error) or type(error).__name__)
     elif isinstance(error, (OSError, EOFError)) or names & {
         "TransportError",
         "APIConnectionError",
@@ -190,9 +192,12 @@ def classify(error: BaseException) -> RetryableError | FatalError:
     return out
 
 
-# httpx/httpx2 and httpcore's ConnectError, aiohttp's ClientConnectorError (and its
-# DNS and certificate subclasses, which a retry does not mend either).
-_CONNECT_ERROR_NAMES = frozenset({"ConnectError", "ClientConnectorError"})
+# httpx/httpx2 and httpcore's ConnectError and ConnectTimeout, aiohttp's
+# ClientConnectorError (and its DNS and certificate subclasses, which a retry does not
+# mend either) and ConnectionTimeoutError: no connection, so nothing was sent.
+_CONNECT_ERROR_NAMES = frozenset(
+    {"ConnectError", "ConnectTimeout", "ClientConnectorError", "ConnectionTimeoutError"}
+)
 
 
 def _is_connect_failure(error: BaseException) -> bool:
