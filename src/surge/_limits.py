@@ -18,9 +18,12 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from surge._feedback import RateLimitHints
+
+if TYPE_CHECKING:
+    from surge._shared import LeaseClient
 
 Outcome = Literal["ok", "rate_limited", "error", "cancelled"]
 Estimate = float | Mapping[str, float]
@@ -162,7 +165,9 @@ class Limiter:
 
     - `concurrency`: most calls in flight at once (the ceiling, when `adaptive=True`).
     - `rpm`, `tpm`: per-minute limits. Without them, the limiter adopts whatever the
-      provider publishes in `x-ratelimit-*` / `anthropic-ratelimit-*` headers.
+      provider publishes in `x-ratelimit-*` / `anthropic-ratelimit-*` headers: those of
+      every response a `surge.wire`d client receives, or those a call hands back
+      (an `httpx.Response`, a `surge.Reply`).
     - `itpm`, `otpm`: Anthropic-style input- and output-token limits. Output tokens are
       only known once a call ends, so these buckets are charged with real usage after
       the fact and hold new calls back while they are in debt.
@@ -176,6 +181,11 @@ class Limiter:
     - `probe`: send one call alone first and open up only once it has answered, so a
       job that was given no limits learns them from the headers before it bursts
       (costs one call's latency; `surge run` does this when given no --rpm/--tpm).
+    - `shared`, `key`: share the limit with every process that names the same key in
+      the same store: `shared="redis://host:6379/0"`, or `"ray"` for a named actor in
+      the Ray cluster. Each process leases small slices of the budget, so the store is
+      off the per-request path; headers, 429s and Retry-After seen by any process
+      correct it for all (see `surge._shared`).
     """
 
     def __init__(
@@ -191,6 +201,8 @@ class Limiter:
         adaptive: bool = False,
         follow_headers: bool = True,
         probe: bool = False,
+        shared: object = None,
+        key: str | None = None,
     ) -> None:
         _check_positive("concurrency", concurrency)
         _check_positive("rpm", rpm)
@@ -235,6 +247,16 @@ class Limiter:
         self._answered = False
         self._first_request_out = False
         self._first_answer_waiters: list[asyncio.Future[None]] = []
+        self._shared: LeaseClient | None = None
+        if shared is not None:
+            from surge._shared import connect
+
+            self._shared = connect(shared, key)
+        elif key is not None:
+            raise ValueError(
+                "key= names a shared limit and needs shared=. HINT: "
+                "surge.Limiter(rpm=..., shared='redis://host:6379/0', key=...)."
+            )
 
     # -- acquiring -------------------------------------------------------------------
 
@@ -380,6 +402,11 @@ class Limiter:
         """Grant nothing for `seconds`: the provider's Retry-After applies to the key."""
         if seconds <= 0:
             return
+        if self._shared is not None:
+            self._shared.pause(seconds)
+        self._hold(seconds)
+
+    def _hold(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._now() + seconds)
         self._schedule()
 
@@ -419,6 +446,8 @@ class Limiter:
             # when the server first reveals its burst and the room we were not using.
             if hint.remaining is not None and (learned_burst or hint.remaining < bucket.level(now)):
                 bucket.set_level(hint.remaining, now)
+        if self._shared is not None:
+            self._shared.sync()
         self._schedule()
 
     # -- introspection ---------------------------------------------------------------
@@ -464,6 +493,8 @@ class Limiter:
             for name, per_minute in self._user_rate.items():
                 if per_minute is not None:
                     self._make_bucket(name, per_minute / 60.0, now)
+            if self._shared is not None:
+                self._shared.attach(loop, wake=self._schedule, hold=self._hold, adopt=self._adopt)
         elif self._loop is not loop:
             raise RuntimeError(
                 "This Limiter is already used by another event loop. HINT: a limiter "
@@ -476,9 +507,17 @@ class Limiter:
         return self._bind().time()
 
     def _make_bucket(self, name: str, rate: float, now: float) -> TokenBucket:
-        bucket = TokenBucket(name, rate=rate, capacity=rate * self._burst, now=now)
+        if self._shared is not None:
+            bucket: TokenBucket = self._shared.bucket(name, rate=rate, capacity=rate * self._burst)
+        else:
+            bucket = TokenBucket(name, rate=rate, capacity=rate * self._burst, now=now)
         self._buckets[name] = bucket
         return bucket
+
+    def _adopt(self, name: str, rate: float, capacity: float) -> None:
+        """Another process sharing the key learned a limit from the provider: use it."""
+        if name in self._user_rate and name not in self._buckets and rate > 0:
+            self._make_bucket(name, rate, self._now()).capacity = max(1.0, capacity)
 
     async def _acquire_slot(self, loop: asyncio.AbstractEventLoop) -> None:
         limit = self.concurrency_limit
