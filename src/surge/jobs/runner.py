@@ -210,6 +210,7 @@ class _Job:
         self.finished = 0
         self.failed = 0
         self.tokens = 0
+        self.unpriced = 0  # done items whose model has no known price
         self.wall_offset = 0.0
 
     # -- input -------------------------------------------------------------------------
@@ -388,6 +389,7 @@ class _Job:
                 self.finished += 1
                 self.tokens += tokens_in + tokens_out
                 self.spent += cost or 0.0
+                self.unpriced += cost is None
             self.successes += 1
             return
         if result.status != "failed":
@@ -438,6 +440,7 @@ class _Job:
         self.finished = summary.done
         self.failed = summary.failed
         self.spent = summary.cost
+        self.unpriced = summary.unpriced
         assert self.provider is not None, "open_provider() first"
         given = (s.rpm, s.tpm, s.itpm, s.otpm)
         limiter = surge.Limiter(
@@ -578,7 +581,7 @@ class _Job:
         return Snapshot(
             done=self.finished, total=self.total, failed=self.failed, in_flight=stats.in_flight,
             retries=stats.retries, rate_limited=stats.rate_limited, tokens=self.tokens,
-            cost=self.spent, elapsed=stats.elapsed,
+            cost=None if self.unpriced else self.spent, elapsed=stats.elapsed,
         )  # fmt: skip
 
     def dry_run(self) -> CostEstimate:
