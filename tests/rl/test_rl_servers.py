@@ -329,3 +329,28 @@ def test_a_prompt_the_server_tokenizes_differently_stops_with_a_hint() -> None:
         finally:
             engine.close()
     assert errors and isinstance(errors[0], TrainerStopped) and "HINT" in str(errors[0])
+
+
+@pytest.mark.parametrize("engine_cls", [VLLMServerEngine, SGLangEngine])
+def test_batches_are_pipelined_not_served_one_at_a_time(engine_cls: type) -> None:
+    host = RecordingHost(_model(0))
+    got: list[Any] = []
+    kw: dict[str, Any] = {"backend": "gloo"}
+    if engine_cls is SGLangEngine:
+        kw["weights"] = "distributed"
+    with serve_in_thread(policy=host) as server:
+        engine = engine_cls(
+            TASK, base_url=server.base_url, group_size=2, seed=0, on_result=got.extend,
+            on_error=pytest.fail, timeout=20.0, concurrency=4, **kw,
+        )  # fmt: skip
+        try:
+            engine.publish(_model(1).state_dict(), 0)
+            for t in range(8):
+                engine.submit([t], min_version=0)
+            deadline = time.monotonic() + 20
+            while len(got) < 8 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            engine.close()
+    assert sorted(r.ticket for r in got) == list(range(8))
+    assert host.peak_in_flight >= 2  # several requests open at once on the server

@@ -78,6 +78,8 @@ class PolicyHost:
         self.requests = 0
         self.updates = 0
         self.closed = False
+        self.in_flight = 0  # generation requests being answered right now
+        self.peak_in_flight = 0
         own = self.model.state_dict()
         self._layout = WeightLayout.of(own)
         self._own = own
@@ -145,10 +147,14 @@ class PolicyHost:
             if path == "/get_world_size/":
                 return {"world_size": 1}
             return {"weight_version": self.weight_version}
-        if path == "/generate/":
-            return await asyncio.to_thread(self._trl_generate, data)
-        if path == "/generate":
-            return await asyncio.to_thread(self._sgl_generate, data)
+        if path in ("/generate/", "/generate"):
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            try:
+                generate = self._trl_generate if path == "/generate/" else self._sgl_generate
+                return await asyncio.to_thread(generate, data)
+            finally:
+                self.in_flight -= 1
         if path == "/init_communicator/":
             self._trl_init(data)
             return {"message": "Request received, initializing communicator"}
