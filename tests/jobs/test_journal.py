@@ -88,6 +88,26 @@ def test_results_are_committed_once_per_event_loop_tick(tmp_path: Path) -> None:
     journal.close()
 
 
+def test_a_commit_left_scheduled_on_a_closed_loop_does_not_stall_later_writes(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.ingest([chat("a", 1), chat("b", 2)], source="in")
+
+    loop = asyncio.new_event_loop()
+
+    async def record_and_leave() -> None:
+        journal.record(Outcome("a", "done", 1, status_code=200, response={}))
+        loop.stop()  # the loop ends with this tick: its commit never runs
+
+    loop.run_until_complete(record_and_leave())
+    loop.close()
+    journal.record(Outcome("b", "done", 1, status_code=200, response={}))
+    other = sqlite3.connect(tmp_path / "j")
+    assert other.execute("SELECT COUNT(*) FROM items WHERE state = 'done'").fetchone()[0] == 2
+    journal.close()
+
+
 def test_retry_failed_puts_failures_back(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j")
     journal.ingest([chat("a", 1), chat("b", 2)], source="in")

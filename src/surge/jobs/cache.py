@@ -78,7 +78,7 @@ class ResponseCache:
         self.path = folder / "responses.sqlite"
         self.server = server_identity(provider, base_url)
         self._uncommitted = False
-        self._commit_scheduled = False
+        self._commit_loop: asyncio.AbstractEventLoop | None = None
         self.hits = 0
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -133,18 +133,17 @@ class ResponseCache:
 
     def _schedule_commit(self) -> None:
         """One commit per event-loop tick, so the shared file is locked only briefly."""
-        if self._commit_scheduled:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.commit()
             return
-        self._commit_scheduled = True
-        loop.call_soon(self._commit_tick)
+        if self._commit_loop is not loop:  # not yet scheduled on this (running) loop
+            self._commit_loop = loop
+            loop.call_soon(self._commit_tick)
 
     def _commit_tick(self) -> None:
-        self._commit_scheduled = False
+        self._commit_loop = None
         with contextlib.suppress(sqlite3.Error):  # a lost cache write costs nothing
             self.commit()
 

@@ -359,7 +359,7 @@ class Journal:
         self._lock = _RunLock(self.path)
         self._closed = False
         self._in_transaction = False
-        self._commit_scheduled = False
+        self._commit_loop: asyncio.AbstractEventLoop | None = None
         self._failure: JournalError | None = None
         self._present = "present = 1"
         if readonly:
@@ -745,18 +745,19 @@ class Journal:
 
     def _wrote(self) -> None:
         """Group commit: the first write of a tick schedules one commit for the tick."""
-        if self._commit_scheduled:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.commit()  # no event loop: nothing to group with
             return
-        self._commit_scheduled = True
+        if self._commit_loop is loop:
+            return  # this tick's commit is already scheduled
+        # (A commit scheduled on a loop that has since closed never ran: schedule anew.)
+        self._commit_loop = loop
         loop.call_soon(self._commit_tick)
 
     def _commit_tick(self) -> None:
-        self._commit_scheduled = False
+        self._commit_loop = None
         if self._closed:
             return
         # A failure is kept in self._failure and raised by the next write or commit:
