@@ -214,3 +214,4 @@ def test_the_command_line_exits_non_zero_and_says_what_to_fix(
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["outcome"] == "stopped" and summary["pending"] == N
     assert f"{KEY_ENV} is not set" in summary["fault"]
+    assert "stop_on_fault" not in result.output, "said once, in the job's words"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sqlite3
@@ -477,6 +478,8 @@ class _Job:
 
         grace: list[asyncio.TimerHandle] = []
         installed = _install_sigint(loop, on_sigint)
+        quiet = _FaultSaidByTheJob()
+        logging.getLogger("surge").addFilter(quiet)
         ticker = loop.create_task(self._tick(stream))
         outcome = "complete"
         try:
@@ -503,6 +506,7 @@ class _Job:
                 await ticker
             if installed:
                 loop.remove_signal_handler(signal.SIGINT)
+            logging.getLogger("surge").removeFilter(quiet)
             await self.provider.aclose()
             if self.cache is not None:
                 self.cache.commit()
@@ -626,6 +630,15 @@ def _scratch_journal(path: Path, folder: Path) -> Journal:
                 "on the job to see what is wrong with it."
             ) from exc
     return Journal(copy)
+
+
+class _FaultSaidByTheJob(logging.Filter):
+    """The job reports a job-level fault itself, with the HINT a `surge run` user needs
+    (the env var, the URL, rerun): the engine's warning for library users, which points
+    at `stop_on_fault=False`, would say it a second time, less usefully."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != "_on_fault"
 
 
 def _install_sigint(loop: asyncio.AbstractEventLoop, handler: Any) -> bool:
