@@ -354,3 +354,32 @@ def test_batches_are_pipelined_not_served_one_at_a_time(engine_cls: type) -> Non
             engine.close()
     assert sorted(r.ticket for r in got) == list(range(8))
     assert host.peak_in_flight >= 2  # several requests open at once on the server
+
+
+def test_a_server_that_keeps_failing_stops_the_trainer_with_a_hint() -> None:
+    class Broken(RecordingHost):
+        async def handle(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+            if path == "/generate":
+                self.seen.append((f"{method} {path}", None))
+                return 500, {"error": "out of memory"}
+            return await super().handle(method, path, body)
+
+    host = Broken(_model(0))
+    errors: list[BaseException] = []
+    with serve_in_thread(policy=host) as server:
+        engine = SGLangEngine(
+            TASK, base_url=server.base_url, group_size=2, seed=0, on_result=pytest.fail,
+            on_error=errors.append, weights="distributed", backend="gloo", timeout=20.0,
+        )  # fmt: skip
+        try:
+            engine.publish(_model(1).state_dict(), 0)
+            engine.submit([0], min_version=0)
+            deadline = time.monotonic() + 20
+            while not errors and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            engine.close()
+    assert errors and isinstance(errors[0], TrainerStopped)
+    assert "HINT" in str(errors[0])
+    # each failure was followed by a resync: new group, the weights pushed again
+    assert sum(r == "POST /init_weights_update_group" for r, _ in host.seen) > 1

@@ -70,6 +70,7 @@ from surge.rl._weights import WeightLayout, WeightSyncStats
 __all__ = ["SGLangEngine", "VLLMServerEngine", "save_hf_checkpoint", "server_names"]
 
 _WRAPPERS = ("model.", "module.", "_orig_mod.")
+_MAX_RETRIES = 8  # one batch's consecutive failures (each followed by a resync) before giving up
 Backend = Literal["nccl", "gloo"]
 
 
@@ -419,12 +420,19 @@ class _ServerEngine:
         try:
             prompts = [self.task.sample_prompt(random.Random(_mix(self.seed, t))) for t in tickets]
             seed = _mix(self.seed, tickets[0], len(tickets)) % (2**31)
+            failures = 0
             while True:
                 sent_with = await self._await_version(min_version)
                 start = time.perf_counter()
                 try:
                     answers = await self._request(client, prompts, seed)
-                except (_Unavailable, httpx.TransportError, GroupBroken):
+                except (_Unavailable, httpx.TransportError, GroupBroken) as exc:
+                    failures += 1
+                    if failures > _MAX_RETRIES:
+                        raise TrainerStopped(
+                            f"tickets {tickets}: the server failed {failures} times in a row "
+                            f"(last: {exc}). HINT: check the server's log."
+                        ) from exc
                     with self._cond:
                         self._resync = True
                         self._cond.notify_all()
