@@ -67,6 +67,7 @@ class ModelSection:
 @dataclass(frozen=True)
 class WarmupSection:
     steps: int = 0
+    target: Literal["random_answer", "first_number"] = "random_answer"
     lr: float = 1e-3
     batch_size: int = 32
 

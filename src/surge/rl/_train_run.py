@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict
@@ -33,6 +34,7 @@ from surge.rl._trainer import StepStats, Trainer
 __all__ = ["build_run", "train_from_config"]
 
 CHECKPOINT = "checkpoint.pt"
+_FIRST_NUMBER = re.compile(r"-?\d+")
 
 
 def _reward(spec: str, config: TrainConfig) -> RewardFn:
@@ -151,14 +153,25 @@ def build_run(config: TrainConfig, run_dir: Path) -> tuple[Trainer, TextTask, Te
 
 
 def _warmup(config: TrainConfig, trainer: Trainer, task: TextTask) -> list[float]:
-    """Supervised format warm-up: the answer of a *random* row after each prompt, so the
-    model learns the format and none of the answers."""
+    """Supervised warm-up on the ``#### n`` format, never on a row's own answer.
+
+    ``random_answer``: the answer of a random row, so the model learns the format and
+    nothing else. ``first_number``: the first number of the question (the first operand
+    of a word problem), so it also learns to read a number from the prompt; RL then has
+    to learn the arithmetic. A model trained from scratch needs that much to start: with
+    random answers it collapses to the most common one before it learns to read.
+    """
     w = config.warmup
     answers = [str(row["answer"]) for row in task.rows if "answer" in row]
     if not w.steps or not answers:
         return []
+    column = config.task.prompt_column
 
     def target(row: Any, rng: random.Random) -> str:
+        if w.target == "first_number":
+            found = _FIRST_NUMBER.search(str(row[column]))
+            if found is not None:
+                return f" #### {found.group(0)}"
         return f" #### {rng.choice(answers)}"
 
     return supervised_warmup(
