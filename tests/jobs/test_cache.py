@@ -14,7 +14,7 @@ import pytest
 from tests.jobs.conftest import read_jsonl, write_batch
 
 import surge.sim
-from surge.jobs import JobSettings, run_job
+from surge.jobs import JobInputError, JobSettings, run_job
 from surge.jobs.cache import ResponseCache, server_identity
 
 
@@ -125,3 +125,9 @@ def test_the_cli_says_how_many_came_from_the_cache_and_how_to_ask_again(
     cache_file = Path(tmp_path / "cache" / "responses.sqlite")
     for path in cache_file.parent.iterdir():
         assert b"hunter2" not in path.read_bytes()
+
+
+def test_a_damaged_cache_is_named_with_how_to_go_on(tmp_path: Path) -> None:
+    (tmp_path / "responses.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(JobInputError, match=r"responses.sqlite cannot be used .*--no-cache"):
+        ResponseCache(tmp_path, provider="openai", base_url=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sqlite3
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from surge.jobs._model import InputError, JobInputError, Request
-from surge.jobs.journal import Journal, Outcome
+from surge.jobs.journal import Journal, JournalError, Outcome, lock_path
 from surge.jobs.output import write_outputs
 
 
@@ -167,3 +168,24 @@ def test_a_malformed_line_fixed_on_a_rerun_takes_its_place(tmp_path: Path) -> No
     )
     journal.ingest([chat("a", 1), chat("b", 2, "fixed"), chat("c", 3), chat("d", 4)], source="in")
     assert journal.summary().invalid == 0 and journal.count() == 4
+
+
+def test_a_damaged_journal_is_named_with_how_to_go_on(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.journal"
+    garbage.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(JournalError, match=r"garbage.journal is damaged .*file is not a database"):
+        Journal(garbage)
+    with pytest.raises(JournalError, match=r"HINT: rerun the same command with --recover"):
+        Journal(garbage, readonly=True)
+    assert not lock_path(garbage).exists(), "a refused open lets go of the lock"
+    # --recover moves it aside and starts afresh in its place.
+    journal = Journal(garbage, recover=True)
+    assert journal.moved_aside == tmp_path / "garbage.journal.damaged" and journal.count() == 0
+    journal.close()
+    assert journal.moved_aside.read_bytes() == bytes(range(256)) * 40
+
+
+def test_a_journal_dropped_without_close_lets_go_of_its_lock(tmp_path: Path) -> None:
+    Journal(tmp_path / "j")  # never closed: collected at once
+    gc.collect()
+    Journal(tmp_path / "j").close()

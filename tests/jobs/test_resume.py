@@ -75,6 +75,7 @@ def test_kill_9_at_full_speed_resends_at_most_the_concurrency(tmp_path: Path) ->
                         "--concurrency", str(concurrency))  # fmt: skip
         process = cli(*args)
         wait_for_done(Path(f"{output}.journal"), n // 3, process)
+        time.sleep(0.1)  # not just after a commit (when the count above moves)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         at_kill = done_count(Path(f"{output}.journal"))
@@ -95,7 +96,7 @@ def test_kill_9_at_full_speed_resends_at_most_the_concurrency(tmp_path: Path) ->
 def test_a_second_run_of_the_same_job_is_refused_and_the_first_carries_on(
     tmp_path: Path,
 ) -> None:
-    n = 40  # 20 rounds of 0.25 s: the first run is still going when the second starts
+    n = 60  # 30 rounds of 0.25 s: the first run is still going when the second starts
     slow = surge.sim.Latency(ttft=0.25, per_token=0.0, jitter=0.0)
     with surge.sim.serve_in_thread(latency=slow) as server:
         source = write_batch(tmp_path / "in.jsonl", n)
@@ -127,7 +128,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block_the_rerun(tmp_path: Path) ->
     journal_path = tmp_path / "out.jsonl.journal"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from surge.jobs import Journal; Journal(sys.argv[1]); "
+         "import sys, time; from surge.jobs import Journal; held = Journal(sys.argv[1]); "
          "print('locked', flush=True); time.sleep(60)", str(journal_path)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -162,6 +163,23 @@ def test_an_existing_output_without_a_journal_is_not_overwritten(
     assert report.summary.done == 5 and len(read_jsonl(output)) == 5
     # From now on the output is the journal's: a rerun needs no --overwrite.
     assert run(settings).summary.done == 5
+
+
+def test_the_cli_refuses_to_overwrite_in_plain_words_until_told_to(
+    sim: surge.sim.SimServer, tmp_path: Path
+) -> None:
+    source = write_batch(tmp_path / "in.jsonl", 3)
+    output = tmp_path / "out.jsonl"
+    output.write_text("keep me\n")
+    refused = cli(*run_args(source, output, sim.url))
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode == 2 and "Traceback" not in err
+    assert "HINT: pass --overwrite" in " ".join(err.split())
+    assert output.read_text() == "keep me\n" and sim.stats()["requests"] == 0
+    allowed = cli(*run_args(source, output, sim.url, "--overwrite"))
+    _, err = allowed.communicate(timeout=60)
+    assert allowed.returncode == 0, err
+    assert len(read_jsonl(output)) == 3
 
 
 # -- item 15: a damaged journal, and --recover ---------------------------------------------

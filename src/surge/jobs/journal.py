@@ -33,6 +33,7 @@ import socket
 import sqlite3
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,12 +306,16 @@ class _RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(holder_record).encode())
         self._fd = fd
+        # A journal dropped without close() (an error half-way through opening a job)
+        # lets go of the lock when it is collected, not only when the process ends.
+        self._collected = weakref.finalize(self, os.close, fd)
 
     def release(self) -> None:
         if self._fd is None:
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # before unlocking: nobody may lock a file about to vanish
+        self._collected.detach()
         os.close(self._fd)
         self._fd = None
 
