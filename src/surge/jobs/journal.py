@@ -303,8 +303,9 @@ class _RunLock:
             "host": socket.gethostname(),
             "started_at": time.time(),
         }
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(holder_record).encode())
+        with contextlib.suppress(OSError):  # a full disk: the lock holds, unnamed
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(holder_record).encode())
         self._fd = fd
         # A journal dropped without close() (an error half-way through opening a job)
         # lets go of the lock when it is collected, not only when the process ends.
