@@ -16,9 +16,9 @@ from rich.table import Table
 
 from surge.cli import app
 from surge.jobs import JobInputError, JobReport, JobSettings, JobSummary, Journal, run_job
+from surge.jobs._estimate import CostEstimate
 from surge.jobs.journal import lock_holder
 from surge.jobs.progress import ProgressDisplay
-from surge.jobs.runner import CostEstimate
 from surge.jobs.tokens import ASSUMED_OUTPUT_TOKENS
 
 

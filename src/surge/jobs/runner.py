@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +31,7 @@ from surge._exceptions import (
 )
 from surge._feedback import extract_usage
 from surge._results import Event, Result, RunStatistics, Usage
+from surge.jobs._estimate import CostEstimate, cost_range, estimate_pending, scratch_journal
 from surge.jobs._faults import check_key, describe_fault
 from surge.jobs._model import JobInputError
 from surge.jobs.cache import ResponseCache
@@ -41,7 +41,7 @@ from surge.jobs.output import check_overwrite, output_format, write_outputs
 from surge.jobs.pricing import PriceTable
 from surge.jobs.progress import ProgressDisplay, Snapshot
 from surge.jobs.recovery import recover_from_output
-from surge.jobs.tokens import ASSUMED_OUTPUT_TOKENS, estimate_input_tokens, max_output_tokens
+from surge.jobs.tokens import estimate_input_tokens, max_output_tokens
 from surge.providers import Provider, ProviderResponse, make_provider, scrub
 
 DEFAULT_KEY_ENV = {
@@ -91,26 +91,6 @@ class JobSettings:
     @property
     def journal_path(self) -> Path:
         return Path(self.journal) if self.journal else Path(f"{self.output}.journal")
-
-
-@dataclass(frozen=True)
-class CostEstimate:
-    """What a dry run expects the pending requests to cost.
-
-    The floor counts the estimated input tokens alone (every reply empty); the ceiling
-    adds every output token each request may be billed for: its max_tokens, what surge
-    sends to Anthropic when it sets none (1,024), or, for a request nothing caps,
-    `ASSUMED_OUTPUT_TOKENS` (4,096; counted in `uncapped`). Costs are None when some
-    model has no known price (`unpriced_models`).
-    """
-
-    requests: int
-    input_tokens: int
-    output_tokens: int
-    uncapped: int
-    cost_floor: float | None
-    cost_ceiling: float | None
-    unpriced_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,7 +166,7 @@ class _Job:
             tempfile.TemporaryDirectory(prefix="surge-dry-run-") if settings.dry_run else None
         )
         self.journal = (
-            _scratch_journal(settings.journal_path, Path(self.scratch.name))
+            scratch_journal(settings.journal_path, Path(self.scratch.name))
             if self.scratch is not None
             else Journal(settings.journal_path, recover=settings.recover)
         )
@@ -245,17 +225,8 @@ class _Job:
         return {"tokens": inputs + outputs, "input_tokens": inputs, "output_tokens": outputs}
 
     def estimate_cost(self, item: PendingItem) -> tuple[float, float] | None:
-        """(floor, ceiling) in USD: the estimated input alone, and with every output
-        token the request may be billed for (ASSUMED_OUTPUT_TOKENS when nothing caps
-        it). None for a model the price table does not know."""
-        model = str(item.body.get("model", ""))
-        inputs = estimate_input_tokens(item.body)
-        outputs = max_output_tokens(item.body, provider=self.settings.provider)
-        floor = self.prices.cost(model, inputs, 0)
-        ceiling = self.prices.estimate(
-            model, inputs, ASSUMED_OUTPUT_TOKENS if outputs is None else outputs
-        )
-        return None if floor is None or ceiling is None else (floor, ceiling)
+        """(floor, ceiling) in USD, None for a model with no known price."""
+        return cost_range(self.prices, item.body, provider=self.settings.provider)
 
     def cost_of(self, body: dict[str, Any], input_tokens: int, output_tokens: int) -> float | None:
         return self.prices.cost(str(body.get("model", "")), input_tokens, output_tokens)
@@ -589,47 +560,9 @@ class _Job:
         )  # fmt: skip
 
     def dry_run(self) -> CostEstimate:
-        requests = input_tokens = output_tokens = uncapped = 0
-        floor = ceiling = 0.0
-        unpriced: set[str] = set()
-        for item in self.journal.pending():
-            requests += 1
-            input_tokens += estimate_input_tokens(item.body)
-            cap = max_output_tokens(item.body, provider=self.settings.provider)
-            uncapped += cap is None
-            output_tokens += ASSUMED_OUTPUT_TOKENS if cap is None else cap
-            cost = self.estimate_cost(item)
-            if cost is None:
-                unpriced.add(str(item.body.get("model", "")))
-            else:
-                floor += cost[0]
-                ceiling += cost[1]
-        return CostEstimate(
-            requests, input_tokens, output_tokens, uncapped,
-            None if unpriced else floor, None if unpriced else ceiling, tuple(sorted(unpriced)),
-        )  # fmt: skip
-
-
-def _scratch_journal(path: Path, folder: Path) -> Journal:
-    """For a dry run, which writes nothing beside the job: a copy of the job's journal
-    (empty for a new job) in a throwaway folder, so the estimate covers exactly what a
-    real run would send, and a changed input is refused just the same."""
-    copy = folder / "journal"
-    if path.exists():
-        try:
-            source = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-            target = sqlite3.connect(copy)
-            try:
-                source.backup(target)
-            finally:
-                source.close()
-                target.close()
-        except sqlite3.Error as exc:
-            raise JobInputError(
-                f"cannot read journal {path} for the dry run: {exc}. HINT: run `surge status` "
-                "on the job to see what is wrong with it."
-            ) from exc
-    return Journal(copy)
+        return estimate_pending(
+            self.journal.pending(), self.prices, provider=self.settings.provider
+        )
 
 
 class _FaultSaidByTheJob(logging.Filter):
