@@ -11,6 +11,7 @@ it, so the whole server path runs in tests without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 from typing import Any, Protocol
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
-__all__ = ["BroadcastGroup", "GroupBroken", "gloo_group", "nccl_group", "sglang_nccl_group"]
+__all__ = ["BroadcastGroup", "GroupBroken", "gloo_group", "nccl_group", "sglang_group"]
 
 
 class GroupBroken(ConnectionError):
@@ -74,9 +75,11 @@ def gloo_group(
     world_size: int,
     *,
     prefix: str = "",
+    device_prefix: str = "",
     timeout: float = 60.0,
 ) -> BroadcastGroup:
-    """A CPU stand-in for the servers' NCCL groups: rank 0 hosts the TCP store."""
+    """A CPU stand-in for the servers' NCCL groups: rank 0 hosts the TCP store; keys go
+    under ``prefix`` then ``device_prefix`` (torch's helper nests them that way)."""
     tcp_store: Any = dist.TCPStore  # type: ignore[attr-defined]
     store: Any = tcp_store(
         host,
@@ -84,10 +87,10 @@ def gloo_group(
         world_size,
         is_master=rank == 0,
         timeout=datetime.timedelta(seconds=timeout),
-        wait_for_workers=False,
     )
-    if prefix:
-        store = dist.PrefixStore(prefix, store)  # type: ignore[attr-defined]
+    for part in (prefix, device_prefix):
+        if part:
+            store = dist.PrefixStore(part, store)  # type: ignore[attr-defined]
     return _Gloo(store, rank, world_size, timeout)
 
 
@@ -128,39 +131,53 @@ class _TorchGroup:
         self._group = group
 
     def broadcast(self, tensor: torch.Tensor, src: int) -> None:
-        dist.broadcast(tensor, src=src, group=self._group)
+        if self._group is None:
+            raise GroupBroken("the weight group is closed")
+        try:
+            dist.broadcast(tensor, src=src, group=self._group)
+        except RuntimeError as exc:  # gloo: "Connection reset by peer", timeouts
+            raise GroupBroken(str(exc)) from exc
 
     def barrier(self) -> None:
-        dist.barrier(group=self._group)
+        if self._group is None:
+            raise GroupBroken("the weight group is closed")
+        try:
+            dist.barrier(group=self._group)
+        except RuntimeError as exc:
+            raise GroupBroken(str(exc)) from exc
 
     def close(self) -> None:
         if self._group is not None:
-            dist.destroy_process_group(self._group)
-            self._group = None
+            group, self._group = self._group, None
+            with contextlib.suppress(Exception):  # a peer that died leaves it half torn
+                dist.destroy_process_group(group)
 
 
-def sglang_nccl_group(
-    host: str, port: int, world_size: int, group_name: str, timeout: float = 600.0
+def sglang_group(
+    host: str,
+    port: int,
+    world_size: int,
+    group_name: str,
+    *,
+    backend: str = "nccl",
+    timeout: float = 600.0,
 ) -> BroadcastGroup:
-    """The trainer side (rank 0) of SGLang's weight-update group: a ``torch.distributed``
-    NCCL group made without touching the default one, rendezvous over ``tcp://host:port``
-    under ``group_name``, as SGLang's ``init_custom_process_group`` does on the server
-    (sgl-project/sglang ``python/sglang/srt/utils`` and
-    ``test/srt/test_update_weights_from_distributed.py``)."""
+    """The trainer side (rank 0) of SGLang's weight-update group.
+
+    Built the way SGLang's server builds its side (``init_custom_process_group`` in
+    sgl-project/sglang ``python/sglang/srt/utils``, also what its
+    ``test/srt/test_update_weights_from_distributed.py`` uses on the trainer side): a
+    ``tcp://host:port`` rendezvous, where rank 0 hosts the store, and torch's own process
+    group helper under ``group_name``, without touching the default process group.
+    ``backend`` is ``"nccl"`` for a real server, ``"gloo"`` for surge's simulator.
+    """
     from torch.distributed import distributed_c10d as c10d
 
+    wait = datetime.timedelta(seconds=timeout)
     rendezvous: Any = c10d.rendezvous  # type: ignore[attr-defined]
-    store, rank, size = next(rendezvous(f"tcp://{host}:{port}", 0, world_size))
-    store.set_timeout(datetime.timedelta(seconds=timeout))
+    store, rank, size = next(rendezvous(f"tcp://{host}:{port}", 0, world_size, timeout=wait))
     helper: Any = c10d._new_process_group_helper
-    group, _ = helper(
-        size,
-        rank,
-        [],
-        "nccl",
-        store,
-        group_name=group_name,
-        timeout=datetime.timedelta(seconds=timeout),
-    )
+    made = helper(size, rank, [], backend, store, group_name=group_name, timeout=wait)
+    group = made[0] if isinstance(made, tuple) else made
     c10d._world.pg_group_ranks[group] = {i: i for i in range(size)}
     return _TorchGroup(group)

@@ -61,7 +61,7 @@ from surge.rl._groups import (
     GroupBroken,
     gloo_group,
     nccl_group,
-    sglang_nccl_group,
+    sglang_group,
 )
 from surge.rl._rollout import Rollout, _mix
 from surge.rl._task import Task
@@ -730,12 +730,9 @@ class SGLangEngine(_ServerEngine):
 
         poster = threading.Thread(target=post, daemon=True)
         poster.start()
-        if self.backend == "nccl":
-            self._group = sglang_nccl_group(host, port, world, self._group_name, self._timeout)
-        else:
-            self._group = gloo_group(
-                host, port, 0, world, prefix=f"{self._group_name}/", timeout=self._timeout
-            )
+        self._group = sglang_group(
+            host, port, world, self._group_name, backend=self.backend, timeout=self._timeout
+        )
         poster.join(self._timeout)
         if "error" in answer:
             raise answer["error"]

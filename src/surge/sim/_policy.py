@@ -335,12 +335,15 @@ class PolicyHost:
             raise ValueError("the simulator's weight group is gloo (no GPU here)")
         if self._sgl_group is not None:
             self._sgl_group.close()
+        # The key layout torch's process-group helper gives a gloo group named
+        # group_name, which is how SGLang's server (and surge's trainer side) make theirs.
         self._sgl_group = gloo_group(
             str(data["master_address"]),
             int(data["master_port"]),
             int(data["rank_offset"]),
             int(data["world_size"]),
             prefix=f"{data.get('group_name', 'weight_update_group')}/",
+            device_prefix="cpu/",
             timeout=self.timeout,
         )
 
