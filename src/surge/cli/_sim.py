@@ -182,6 +182,12 @@ def sim(
             console.print(f"  models: {served}", highlight=False)
             console.print(f"  OpenAI base_url:    [cyan]{server.url}[/]")
             console.print(f"  Anthropic base_url: [cyan]{server.base_url}[/]")
+            if host_policy is not None:
+                console.print(
+                    f"  policy: {policy} at [cyan]{server.base_url}[/] (trl vllm-serve: "
+                    "/generate/, /update_named_param/...; SGLang: /generate, "
+                    "/update_weights_from_disk...)"
+                )
             console.print(f"  stats: {server.base_url}/sim/stats   (Ctrl-C to stop)")
             await stop.wait()
         console.print("surge sim stopped.")
