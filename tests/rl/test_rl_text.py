@@ -260,3 +260,22 @@ def test_left_pad_pads_on_the_left_and_skips_the_mask_when_equal() -> None:
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask is not None and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert left_pad([[1, 2], [3, 4]], pad_id=0)[1] is None
+
+
+def test_lora_trains_only_the_adapters() -> None:
+    peft = pytest.importorskip("peft")
+    task = TextTask(ROWS, _tokenizer(), _length_reward, max_new_tokens=4)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=task.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2
+    )
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
+    policy = HFCausalLM(peft.get_peft_model(transformers.GPT2LMHeadModel(config), lora))
+    cfg = RLConfig(mode="async", max_staleness=1, prompts_per_batch=3, group_size=4,
+                   generator_threads=1, trainer_threads=1)  # fmt: skip
+    trainer = Trainer(policy, task, cfg, device="cpu")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train(2)
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("lora_" in k for k in changed)

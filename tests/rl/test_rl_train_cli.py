@@ -178,3 +178,16 @@ def test_report_draws_sync_and_async_side_by_side(tmp_path: Path) -> None:
 
     assert label_of(tmp_path / "async") == "async (async k=1)"
     assert label_of(tmp_path / "sync") == "sync (sync)"
+
+
+def test_wandb_without_the_package_says_how_to_get_it(tmp_path: Path) -> None:
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("wandb is installed here")
+    result = _train(str(_write(tmp_path)), "--wandb")
+    assert result.exit_code == 2
+    assert "pip install wandb" in result.output and "WANDB_MODE=offline" in result.output
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing blocks a rerun

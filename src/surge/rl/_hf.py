@@ -45,27 +45,35 @@ def _new_cache(model: nn.Module) -> Any:
 class HFCausalLM(nn.Module):
     """Wrap a ``transformers`` causal LM (``AutoModelForCausalLM`` and kin) as a policy.
 
-    Example (a model built from a config, nothing downloaded)::
+       Example (a model built from a config, nothing downloaded)::
 
-        from transformers import GPT2Config, GPT2LMHeadModel
+           from transformers import GPT2Config, GPT2LMHeadModel
 
-        task = ReverseDigits(length=5)
-        config = GPT2Config(vocab_size=task.vocab_size, n_positions=32, n_embd=64,
-                            n_layer=2, n_head=4, bos_token_id=task.BOS,
-                            eos_token_id=task.EOS)
-        policy = HFCausalLM(GPT2LMHeadModel(config))
-        trainer = Trainer(policy, task, RLConfig(mode="async", engine="process"))
+           task = ReverseDigits(length=5)
+           config = GPT2Config(vocab_size=task.vocab_size, n_positions=32, n_embd=64,
+                               n_layer=2, n_head=4, bos_token_id=task.BOS,
+                               eos_token_id=task.EOS)
+           policy = HFCausalLM(GPT2LMHeadModel(config))
+           trainer = Trainer(policy, task, RLConfig(mode="async", engine="process"))
 
-    The state dict is the wrapped model's under a ``model.`` prefix; weight sync moves it
-    like any other. The trainer computes log-probabilities in eval mode (dropout off),
-    the mode the generator samples in.
+       The state dict is the wrapped model's under a ``model.`` prefix; weight sync moves it
+       like any other. A ``peft`` model works too (LoRA: only the adapters train)::
+
+           from peft import LoraConfig, get_peft_model
+
+           policy = HFCausalLM(get_peft_model(model, LoraConfig(r=8, target_modules=["c_attn"])))
+    The trainer computes log-probabilities in eval mode (dropout off),
+       the mode the generator samples in.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # A peft model (LoRA) forwards **kwargs: ask the model it wraps.
+        get_base: Any = getattr(model, "get_base_model", None)
+        inner = get_base() if callable(get_base) else model
         try:
-            params = inspect.signature(model.forward).parameters
+            params = inspect.signature(inner.forward).parameters
         except (TypeError, ValueError):
             params = {}  # type: ignore[assignment]
         # transformers 5 renamed the cache argument and output field to `cache`.

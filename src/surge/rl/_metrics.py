@@ -31,18 +31,8 @@ class MetricsLogger:
         run_name: str | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        self._file = self.path.open("a", encoding="utf-8")
-        self._tb: Any = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard not installed: the JSONL file still has it all
-                self._tb = None
-            else:
-                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         self._wandb: Any = None
-        if wandb:
+        if wandb:  # checked first: a run that cannot start leaves no metrics file behind
             try:
                 import wandb as wandb_module
             except ImportError:
@@ -53,6 +43,16 @@ class MetricsLogger:
             self._wandb = wandb_module.init(
                 project="surge-rl", name=run_name, dir=str(run_dir), config=config
             )
+        self.path = run_dir / "metrics.jsonl"
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tb: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed: the JSONL file still has it all
+                self._tb = None
+            else:
+                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **metrics}

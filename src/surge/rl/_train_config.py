@@ -62,6 +62,7 @@ class ModelSection:
     kind: str = "gpt2"
     config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    lora: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

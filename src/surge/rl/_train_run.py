@@ -105,6 +105,7 @@ def _model(config: TrainConfig, task: TextTask) -> HFCausalLM:
 
     section = config.model
     torch.manual_seed(section.seed)
+    model: Any
     if section.path is not None:
         model = AutoModelForCausalLM.from_pretrained(section.path)
     else:
@@ -120,13 +121,27 @@ def _model(config: TrainConfig, task: TextTask) -> HFCausalLM:
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{where_key(config, ('model',))}: model: {exc}") from None
         model = AutoModelForCausalLM.from_config(hf_config)  # type: ignore[no-untyped-call]
-    width = model.get_output_embeddings().weight.shape[0]  # type: ignore[no-untyped-call]
+    width = model.get_output_embeddings().weight.shape[0]
     if width < len(task.tokenizer):
         raise ConfigError(
             f"{where_key(config, ('model',))}: the model predicts {width} tokens but the "
             f"tokenizer has {len(task.tokenizer)}. HINT: use the model's own tokenizer."
         )
     task.vocab_size = width  # the sampler draws over every logit the model has
+    if section.lora is not None:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise ConfigError(
+                f"{where_key(config, ('model', 'lora'))}: model.lora needs the peft "
+                "package. HINT: pip install peft"
+            ) from None
+        try:
+            model = get_peft_model(model, LoraConfig(**section.lora))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"{where_key(config, ('model', 'lora'))}: model.lora: {exc}"
+            ) from None
     return HFCausalLM(model)
 
 
