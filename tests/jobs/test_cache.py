@@ -119,12 +119,13 @@ def test_the_cli_says_how_many_came_from_the_cache_and_how_to_ask_again(
         assert process.returncode == 0, process.stderr
     assert "3 answered from the cache" in process.stderr
     assert "--no-cache asks again" in process.stderr
-    # Credentials in the base URL are not part of the key, nor written to the cache.
+    # Credentials in the base URL are not part of the key, nor written anywhere.
     secret_url = sim.url.replace("http://", "http://user:hunter2@")
     assert run(job(secret_url, tmp_path, source, "third")).summary.cached == 3
-    cache_file = Path(tmp_path / "cache" / "responses.sqlite")
-    for path in cache_file.parent.iterdir():
-        assert b"hunter2" not in path.read_bytes()
+    written = [*(tmp_path / "cache").iterdir(), *tmp_path.glob("third*")]
+    assert Path(tmp_path / "third.jsonl.journal") in written
+    for path in written:
+        assert b"hunter2" not in path.read_bytes(), path
 
 
 def test_a_damaged_cache_is_named_with_how_to_go_on(tmp_path: Path) -> None:

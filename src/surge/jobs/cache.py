@@ -22,14 +22,10 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from surge.jobs._model import JobInputError
+from surge.jobs._urls import without_credentials
 from surge.jobs.journal import body_hash
-
-# Query parameters that carry credentials (Azure's `api-key`, Google's `key`, signed
-# URLs' `sig`...): matched as parts of the lowercased name and never part of the key.
-_SECRET_PARAM_PARTS = ("key", "token", "secret", "sig", "auth", "pass", "cred")
 
 
 def default_cache_dir() -> Path:
@@ -53,19 +49,7 @@ def server_identity(provider: str, base_url: str | None) -> str:
         from surge.providers._openai import DEFAULT_BASE_URL as OPENAI_URL
 
         base_url = ANTHROPIC_URL if provider == "anthropic" else OPENAI_URL
-    parts = urlsplit(base_url.strip())
-    host = (parts.hostname or "").lower()
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    query = [
-        (name, value)
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        if not any(part in name.lower() for part in _SECRET_PARAM_PARTS)
-    ]
-    url = urlunsplit(
-        (parts.scheme.lower(), host, parts.path.rstrip("/"), urlencode(sorted(query)), "")
-    )
-    return f"{provider} {url}"
+    return f"{provider} {without_credentials(base_url)}"
 
 
 class ResponseCache:

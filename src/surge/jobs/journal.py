@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from surge.jobs._model import InputError, JobInputError, Request
+from surge.jobs._urls import without_credentials
 
 SCHEMA_VERSION = 2  # 2: items.present, so the output follows the current input
 
@@ -687,6 +688,8 @@ class Journal:
     @_plain_errors
     def start_run(self, settings: dict[str, Any]) -> int:
         self.commit()
+        if settings.get("base_url"):  # a user:password@ or ?api-key= stays out of the file
+            settings = {**settings, "base_url": without_credentials(settings["base_url"])}
         cursor = self._db.execute(
             "INSERT INTO runs (started_at, settings) VALUES (?, ?)",
             (time.time(), json.dumps(settings)),
