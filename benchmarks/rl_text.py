@@ -132,6 +132,7 @@ def run_seed(seed: int, names: list[str], args: argparse.Namespace) -> list[Run]
             trainer, task, held_out = build_run(cfg, Path(tmp))
             assert held_out is not None
             trainer.model.load_state_dict(warm)
+            trainer.reset_reference()
             run = Run(name, seed)
             snapshots: list[tuple[float, dict[str, torch.Tensor]]] = [(0.0, copy.deepcopy(warm))]
             for s in trainer.run(args.steps):

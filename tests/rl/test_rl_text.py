@@ -279,3 +279,17 @@ def test_lora_trains_only_the_adapters() -> None:
     after = trainer.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("lora_" in k for k in changed)
+
+
+def test_the_kl_reference_follows_a_warm_up() -> None:
+    task = _task()
+    trainer = _trainer(task, mode="sync", beta=0.1)
+    assert trainer.ref_model is not None
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.01)  # a warm-up, in miniature
+    ref, now = trainer.ref_model.state_dict(), trainer.model.state_dict()
+    assert not all(torch.equal(ref[k], now[k]) for k in now)
+    trainer.reset_reference()
+    ref = trainer.ref_model.state_dict()
+    assert all(torch.equal(ref[k], now[k]) for k in now)

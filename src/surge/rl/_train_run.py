@@ -249,6 +249,7 @@ def train_from_config(
     try:
         if not resume:
             losses = _warmup(config, trainer, task)
+            trainer.reset_reference()  # the KL anchors to the warmed-up policy
             record: dict[str, Any] = {"wall_seconds": 0.0, "eval_seconds": 0.0}
             if losses:
                 record["warmup_loss"] = losses[-1]

@@ -134,6 +134,12 @@ class Trainer:
         self._train_seconds = 0.0
         self._last_update_seconds = 0.0
 
+    def reset_reference(self) -> None:
+        """Make the current weights the frozen reference (DPO's, and the KL anchor of
+        ``beta``): call it after changing the weights outside training, a warm-up say."""
+        if self.ref_model is not None:
+            self.ref_model.load_state_dict(self.model.state_dict())
+
     # -- properties ----------------------------------------------------------------------
 
     @property
