@@ -9,8 +9,8 @@ and receives weights (``publish``). The trainer does not know which engine it dr
   overlaps for models whose ops are large next to Python's per-op overhead.
 - :class:`ProcessEngine`: a generator in its own process (its own interpreter, its own
   share of the cores or its own GPU), weights pushed with ``torch.distributed``
-  point-to-point sends: NCCL when the trainer and the generator are both on CUDA
-  devices, gloo otherwise. This is what overlaps on a small CPU, and the shape of a real
+  point-to-point sends: NCCL when the trainer and the generator are on two different
+  GPUs, gloo otherwise. This is what overlaps on a small CPU, and the shape of a real
   deployment (generator and trainer on separate devices).
 """
 
@@ -258,7 +258,13 @@ def _process_main(
     if where.type == "cuda":
         torch.cuda.set_device(where)
     outbox.put(("ready", None, None))
-    dist.init_process_group(backend, init_method=init_method, rank=1, world_size=2)
+    dist.init_process_group(
+        backend,
+        init_method=init_method,
+        rank=1,
+        world_size=2,
+        device_id=where if backend == "nccl" else None,
+    )
     model.to(where).eval()
     wsync = DistributedWeightSync(layout, peer=0, device=where if backend == "nccl" else "cpu")
     pending: deque[tuple[list[int], int]] = deque()
@@ -328,8 +334,8 @@ class ProcessEngine:
     """Generator in its own process; weights over ``torch.distributed``.
 
     ``device`` is the generator's (default: CUDA when present); the backend is NCCL when
-    it and the trainer's weights are both on CUDA devices (they must be different ones:
-    NCCL cannot send from a GPU to itself), gloo otherwise. Initialises the default
+    it and the trainer's weights are on two different CUDA devices, gloo otherwise (NCCL
+    cannot send from a GPU to itself, so one shared GPU goes through host buffers). Initialises the default
     process group of this process (rank 0 of 2) for its lifetime, so it cannot be used
     inside a job that already set one up.
     """
@@ -357,13 +363,10 @@ class ProcessEngine:
         state = model.state_dict()
         layout = WeightLayout.of(state)
         source = next(iter(state.values())).device if state else torch.device("cpu")
-        self.backend = "nccl" if source.type == "cuda" and self.device.type == "cuda" else "gloo"
-        if self.backend == "nccl" and source == self.device:
-            raise ValueError(
-                f"the trainer and the generator process are both on {source}; NCCL cannot "
-                "send from a device to itself. HINT: give the generator its own GPU "
-                "(device='cuda:1'), or use engine='thread' to share one GPU."
-            )
+        # NCCL between two GPUs; gloo otherwise (NCCL cannot send from a device to itself,
+        # so two processes sharing one GPU go through host buffers).
+        two_gpus = source.type == "cuda" and self.device.type == "cuda" and source != self.device
+        self.backend = "nccl" if two_gpus else "gloo"
         if self.device.type == "meta":
             raise ValueError(
                 "a generator process cannot sample on the 'meta' device. HINT: use 'cpu' or 'cuda'."
@@ -400,6 +403,8 @@ class ProcessEngine:
             rank=0,
             world_size=2,
             timeout=datetime.timedelta(seconds=timeout),
+            # NCCL binds to the trainer's GPU, not whatever device is current
+            device_id=source if self.backend == "nccl" else None,
         )
         # gloo sends from the CPU: the trainer's GPU weights are packed straight into
         # host buffers (the one copy publish costs); NCCL sends from the trainer's GPU.
