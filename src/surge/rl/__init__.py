@@ -35,6 +35,10 @@ Pieces, each replaceable:
   :class:`TinyLM` (a transformer built from a config, with KV-cached decoding),
   :class:`HFCausalLM` (any ``transformers`` causal LM as the policy).
 
+From a config file: ``surge rl train CONFIG.yaml`` (task, tokenizer, model, every
+``RLConfig`` field; held-out evaluation, checkpoints, ``--resume``, metrics to JSONL and
+TensorBoard) and ``surge rl report RUN...`` (reward and accuracy against wall time).
+
 Requires the ``rl`` extra (``pip install 'surge[rl]'``) for torch.
 """
 
