@@ -141,3 +141,20 @@ def test_gloo_sync_between_two_ranks_is_exact() -> None:
     _assert_exact(src, dst)
     # and the transport object accepts a ready layout
     assert DistributedWeightSync(layout, peer=1).layout is layout
+
+
+def test_a_bf16_policy_trains_the_same_through_the_process_engine_as_in_process() -> None:
+    """Weights cross the process boundary in bf16 and land exactly: sync training through
+    the process engine (gloo) ends on the same bits as through the thread engine."""
+    from tests.rl.conftest import build_trainer
+
+    ends = []
+    for engine in ("thread", "process"):
+        trainer = build_trainer(mode="sync", engine=engine)
+        trainer.model.to(torch.bfloat16)
+        trainer.train(2)
+        ends.append(trainer.model.state_dict())
+    thread, process = ends
+    assert {t.dtype for t in process.values()} == {torch.bfloat16}
+    for name, value in thread.items():
+        assert torch.equal(value, process[name]), name
