@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -50,6 +51,8 @@ DEFAULT_KEY_ENV = {
     "local": "OPENAI_API_KEY",
 }
 INTERRUPT_GRACE = 10.0
+# Journal meta key prefix (+ run id): the limits a run ran under, for `surge report`.
+RUN_LIMITS_PREFIX = "run_limits:"
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,9 @@ class _Job:
         self.tokens = 0
         self.unpriced = 0  # done items whose model has no known price
         self.wall_offset = 0.0
+        self.run_id = 0
+        self.limiter: surge.Limiter | None = None
+        self.limits_noted: dict[str, float | None] = {}
 
     # -- input -------------------------------------------------------------------------
 
@@ -420,6 +426,7 @@ class _Job:
             # Told no limits: learn them from the first answer's headers before bursting.
             probe=all(limit is None for limit in given) and s.provider != "local",
         )  # fmt: skip
+        self.limiter = limiter
         stream = surge.as_completed(
             self.call,
             self._source(),
@@ -493,6 +500,7 @@ class _Job:
                 stream.fault, provider=s.provider, base_url=s.base_url,
                 key_env=self.api_key_env, key=self.api_key,
             )  # fmt: skip
+        self.note_limits()
         self.display.update(self._snapshot(stream), force=True)
         return outcome, reason, stream.statistics()
 
@@ -549,7 +557,22 @@ class _Job:
     async def _tick(self, stream: surge.Run[Any]) -> None:
         while True:
             self.display.update(self._snapshot(stream))
+            self.note_limits()
             await asyncio.sleep(0.25)
+
+    def note_limits(self) -> None:
+        """Keep the limits this run runs under (given, or learned from the provider's
+        headers: the limiter's buckets) in the journal whenever they change, so that
+        `surge report` can show them."""
+        if self.limiter is None:
+            return
+        limits: dict[str, float | None] = {
+            b.name: round(b.rate_per_minute, 3) for b in self.limiter.statistics().buckets
+        }
+        limits["concurrency"] = self.limiter.max_concurrency
+        if limits != self.limits_noted:
+            self.limits_noted = limits
+            self.journal.set_meta(_run_limits_key(self.run_id), json.dumps(limits))
 
     def _snapshot(self, stream: surge.Run[Any]) -> Snapshot:
         stats = stream.statistics()
@@ -563,6 +586,10 @@ class _Job:
         return estimate_pending(
             self.journal.pending(), self.prices, provider=self.settings.provider
         )
+
+
+def _run_limits_key(run_id: int) -> str:
+    return f"{RUN_LIMITS_PREFIX}{run_id}"
 
 
 class _FaultSaidByTheJob(logging.Filter):
@@ -624,7 +651,7 @@ async def run_job(settings: JobSettings, *, display: ProgressDisplay | None = No
                     "HINT: pass --prices FILE with their prices per million tokens."
                 )
         job.open_provider()
-        run_id = job.journal.start_run(asdict(settings))
+        run_id = job.run_id = job.journal.start_run(asdict(settings))
         with display:
             outcome, reason, stats = await job.execute()
         job.journal.end_run(run_id, outcome)
