@@ -383,3 +383,39 @@ def test_a_server_that_keeps_failing_stops_the_trainer_with_a_hint() -> None:
     assert "HINT" in str(errors[0])
     # each failure was followed by a resync: new group, the weights pushed again
     assert sum(r == "POST /init_weights_update_group" for r, _ in host.seen) > 1
+
+
+def test_an_sglang_restart_between_requests_is_noticed_before_tokens_are_tagged() -> None:
+    """No connection breaks, yet the new server's weight_version ("default") gives the
+    restart away: the engine pushes the weights again before it keeps any tokens."""
+    got: list[Any] = []
+    weights = _model(1).state_dict()
+    first = RecordingHost(_model(0))
+    with serve_in_thread(policy=first) as server:
+        port, url = server.port, server.base_url
+        engine = SGLangEngine(
+            TASK, base_url=url, group_size=2, seed=0, on_result=got.extend,
+            on_error=pytest.fail, weights="distributed", backend="gloo", timeout=20.0,
+        )  # fmt: skip
+        engine.publish(weights, 0)
+        engine.submit([0], min_version=0)
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.02)
+    second = RecordingHost(_model(0))  # restarted from the initial checkpoint
+    try:
+        with serve_in_thread(policy=second, port=port):
+            engine.submit([1], min_version=0)
+            deadline = time.monotonic() + 20
+            while len(got) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        engine.close()
+    assert [r.ticket for r in got] == [0, 1] and all(r.min_version == 0 for r in got)
+    routes = [r for r, _ in second.seen]
+    # the first answer ("default") was thrown away; the weights went again; then tokens
+    assert routes[0] == "POST /generate" and routes[-1] == "POST /generate"
+    assert "POST /update_weights_from_distributed" in routes
+    served = second.model.state_dict()
+    assert all(torch.equal(served[k], v) for k, v in weights.items())
+    assert engine.reconnects >= 1

@@ -29,8 +29,11 @@ Both engines share what makes them fit the trainer:
   temperature 1 (vLLM's and SGLang's defaults return the model's raw log-probs), which is
   what the trainer computes, so sampling runs at temperature 1 too.
 - A server that goes away (restart, reset, 5xx) is waited for, given the newest weights
-  again (and a new broadcast group), and the batch is retried; nothing is trained on a
-  version the server did not serve.
+  again (and a new broadcast group), and the batch is retried. SGLang also gives a
+  restart away between requests (its ``weight_version`` is back to ``"default"``); TRL's
+  server reports no version, so a restart that breaks no connection is noticed at the
+  next weight push (its broadcast group is gone), and completions generated in between
+  carry the last confirmed version.
 
 Weights are named as the server's model expects: wrapper prefixes every key shares
 (``HFCausalLM``'s ``model.``, DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``) are
@@ -837,7 +840,11 @@ class SGLangEngine(_ServerEngine):
             raw = meta.get("weight_version")
             try:
                 version = int(raw) if raw is not None else None
-            except (TypeError, ValueError):  # "default" before the first update
+            except (TypeError, ValueError):  # "default": it never got our weights
                 version = None
+            if raw is not None and version is None and self._confirmed >= 0:
+                # The server forgot the weights it was given: it restarted between two
+                # requests. Give it them again and ask again; never tag these tokens.
+                raise _Unavailable(f"the server serves weight_version {raw!r}: restarted")
             out.append(([int(p[1]) for p in pairs], [float(p[0]) for p in pairs], version))
         return out
