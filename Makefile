@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: the CPU build lies on local disk; unpinned, pip would
 	# fetch a multi-GB CUDA build for anything that depends on torch.
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[dev,rl,local,ray]'
+	$(PY) -m pip install -q -e '.[dev,rl,local,ray,redis]'
 	touch $(STAMP)
 
 test: $(STAMP)

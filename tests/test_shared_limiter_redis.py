@@ -1,0 +1,160 @@
+"""The shared limiter on a real redis-server (started here on a loopback Unix socket).
+
+Skipped, saying why, only where redis-server or the redis client is not installed
+(`apt-get install redis-server`, `pip install 'surge[redis]'`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import surge
+from surge._feedback import RateLimitHints
+from surge._shared import RedisStore
+from surge._shared._ledger import exchange, new_state
+
+pytest.importorskip("redis", reason="the redis client is not installed: pip install redis")
+if shutil.which("redis-server") is None:
+    pytest.skip(
+        "redis-server is not installed (apt-get install -y redis-server)", allow_module_level=True
+    )
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("redis")
+    socket = folder / "redis.sock"
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket),
+            "--save",
+            "",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not socket.exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("redis-server did not start")
+            time.sleep(0.02)
+        yield f"unix://{socket}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window - 1e-9:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_two_workers_on_redis_share_one_rate(redis_url: str) -> None:
+    admitted: list[float] = []
+
+    async def worker(items: int) -> surge.Limiter:
+        limiter = surge.Limiter(rpm=6000, shared=redis_url, key="redis-two-workers")
+
+        async def call(i: int) -> int:
+            admitted.append(time.monotonic())
+            await asyncio.sleep(0.05)
+            return i
+
+        results = await surge.gather(call, range(items), limiter=limiter)
+        assert all(r.ok for r in results)
+        return limiter
+
+    async def main() -> list[surge.Limiter]:
+        return list(await asyncio.gather(worker(150), worker(150)))
+
+    start = time.monotonic()
+    limiters = asyncio.run(main())
+    rate, burst = 100.0, 100.0
+    assert len(admitted) == 300
+    span = max(admitted) - start
+    physical = (300 - burst) / rate
+    assert span >= physical * 0.97
+    assert span <= physical * 1.25 + 0.3  # real time on a loaded machine
+    for window in (0.5, 1.0):
+        assert max_in_window(admitted, window) <= burst + rate * window + 2
+    assert all(lim._shared is not None and lim._shared.exchanges < 150 for lim in limiters)
+
+
+def test_a_retry_after_on_one_process_reaches_the_other_through_redis(redis_url: str) -> None:
+    async def main() -> float:
+        first = surge.Limiter(rpm=6000, shared=redis_url, key="redis-pause")
+        second = surge.Limiter(rpm=6000, shared=redis_url, key="redis-pause")
+        permit = await first.acquire()
+        first.release(permit, outcome="rate_limited", hints=RateLimitHints(retry_after=0.6))
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        permit = await second.acquire()
+        second.release(permit)
+        return time.monotonic() - start
+
+    waited = asyncio.run(main())
+    assert 0.4 <= waited <= 1.5
+
+
+def test_the_lua_ledger_agrees_with_the_python_one(redis_url: str) -> None:
+    """The same requests, in the same order, get the same grants, waits and queue."""
+    store = RedisStore(redis_url)
+    state = new_state()
+    requests: list[dict[str, Any]] = [
+        {
+            "client": "a",
+            "ttl": 3.0,
+            "defaults": {"requests": {"rate": 1.0, "cap": 10.0}},
+            "need": {"requests": 2.0},
+            "want": {"requests": 8.0},
+        },
+        {"client": "b", "ttl": 3.0, "need": {"requests": 3.0}, "want": {"requests": 8.0}},
+        {"client": "c", "ttl": 3.0, "need": {"requests": 9.0}, "want": {"requests": 9.0}},
+        {"client": "b", "ttl": 3.0, "need": {"requests": 3.0}, "want": {"requests": 3.0}},
+        {"client": "a", "ttl": 3.0, "held": {}, "correct": {"requests": 0.0}, "pause": 0.0},
+    ]
+
+    async def through_redis() -> list[dict[str, Any]]:
+        replies = [await store.exchange("lua-parity", r) for r in requests]
+        await store.aclose()
+        return replies
+
+    redis_replies = asyncio.run(through_redis())
+    python_replies = [exchange(state, r, 100.0) for r in requests]
+    for got, expected in zip(redis_replies, python_replies, strict=True):
+        assert got["lease"] == expected["lease"]
+        assert got["granted"].keys() == expected["granted"].keys()
+        for name, amount in expected["granted"].items():
+            assert got["granted"][name] == pytest.approx(amount, abs=0.01)
+        assert got["wait"] == pytest.approx(expected["wait"], abs=0.05)
+        assert got["clients"] == expected["clients"]
+
+
+def test_an_unreachable_redis_fails_at_once_with_a_hint(tmp_path: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="HINT: start Redis") as caught:
+        surge.Limiter(rpm=10, shared="redis://:s3cret@127.0.0.1:1/0", key="k")
+    assert time.monotonic() - start < 5
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(ConnectionError, match="HINT"):
+        surge.Limiter(rpm=10, shared=f"unix://{tmp_path}/nothing.sock", key="k")
