@@ -258,7 +258,8 @@ def main() -> None:
     best = min(syncs, key=lambda n: medians[n] or 0.0) if syncs else None
     header = (
         f"| config | s/step | steps to {args.target} (median) | time to {args.target} "
-        f"(median) | speedup vs best sync ({best}) | vs sync 2thr | final reward @ "
+        f"(median [min-max]) | speedup vs best sync ({best}) | per seed [min-max] | "
+        f"vs sync 2thr | final reward @ "
         f"{args.steps} steps (mean ± sd) | max lag | gen busy | train busy | min ESS |"
     )
     print(header)
@@ -267,6 +268,22 @@ def main() -> None:
     def speedup(name: str, base: str | None) -> str:
         med, bm = medians[name], medians.get(base) if base else None
         return "-" if med is None or bm is None else f"{bm / med:.2f}x"
+
+    def per_seed(name: str, base: str | None) -> str:
+        """The speed-up seed by seed (the same seed's best-sync run as the base)."""
+        if base is None:
+            return "-"
+        pairs = zip(runs[base], runs[name], strict=True)
+        ratios = [
+            b / t
+            for b, t in ((b.time_to(args.target), r.time_to(args.target)) for b, r in pairs)
+            if b is not None and t is not None
+        ]
+        return f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else "-"
+
+    def spread(name: str) -> str:
+        times = [t for t in (r.time_to(args.target) for r in runs[name]) if t is not None]
+        return f" [{min(times):.1f}-{max(times):.1f}]" if times else ""
 
     summary = {}
     for name, rs in runs.items():
@@ -278,8 +295,8 @@ def main() -> None:
         med_steps = statistics.median(s for s in steps if s is not None) if all(steps) else None
         print(
             f"| {name} | {per_step:.3f} | {med_steps or 'not reached'} | "
-            f"{'not reached' if med is None else f'{med:.1f}s'} | {speedup(name, best)} | "
-            f"{speedup(name, 'sync 2thr')} | {statistics.mean(finals):.3f} ± {sd:.3f} | "
+            f"{'not reached' if med is None else f'{med:.1f}s'}{spread(name)} | "
+            f"{speedup(name, best)} | {per_seed(name, best)} | {speedup(name, 'sync 2thr')} | {statistics.mean(finals):.3f} ± {sd:.3f} | "
             f"{max(r.lag_max for r in rs)} | {statistics.mean(r.gen_busy for r in rs):.2f} | "
             f"{statistics.mean(r.train_busy for r in rs):.2f} | {min(r.ess_min for r in rs):.3f} |"
         )

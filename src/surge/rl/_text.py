@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surge.rl._device import model_device
 from surge.rl._errors import RLError
 
 __all__ = [
@@ -398,7 +399,6 @@ class IncrementalDecoder:
                 "prefill takes attention_mask) for variable-length prompts."
             )
         self._cache: Any = None
-        self._fresh = True  # no token appended since the last logits
 
     def logits(self) -> torch.Tensor:
         """Raw logits ``[N, V]`` for the position after the last token."""
@@ -431,8 +431,6 @@ def greedy_completions(
     batch_size: int = 64,
 ) -> list[list[int]]:
     """Greedy completions (without EOS) of ``prompts``: what held-out evaluation scores."""
-    from surge.rl._device import model_device
-
     dev = model_device(model)
     was_training = model.training
     model.eval()
@@ -496,8 +494,6 @@ def supervised_warmup(
     warming it up on the format with *random* numbers teaches the format and nothing of
     the arithmetic, so what RL then learns is the part the reward checks.
     """
-    from surge.rl._device import model_device
-
     if steps < 0 or batch_size < 1:
         raise ValueError("steps must be >= 0 and batch_size >= 1")
     dev = model_device(model)
