@@ -7,8 +7,10 @@ Skipped, saying why, only where redis-server or the redis client is not installe
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 import surge
+import surge.sim
 from surge._feedback import RateLimitHints
 from surge._shared import RedisStore
 from surge._shared._ledger import exchange, new_state
@@ -158,3 +161,69 @@ def test_an_unreachable_redis_fails_at_once_with_a_hint(tmp_path: Path) -> None:
     assert "s3cret" not in str(caught.value)
     with pytest.raises(ConnectionError, match="HINT"):
         surge.Limiter(rpm=10, shared=f"unix://{tmp_path}/nothing.sock", key="k")
+
+
+def _batch(path: Path, start: int, n: int) -> Path:
+    with path.open("w") as handle:
+        for i in range(start, start + n):
+            body = {
+                "model": "sim-small",
+                "messages": [{"role": "user", "content": f"Question {i}"}],
+                "max_tokens": 16,
+            }
+            line = {"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions"}
+            handle.write(json.dumps({**line, "body": body}) + "\n")
+    return path
+
+
+def test_two_surge_run_processes_on_one_key_share_the_limit(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SURGE_CACHE_DIR", str(tmp_path / "cache"))
+    rpm, burst, per_process = 3000, 50, 200
+    with surge.sim.serve_in_thread(rpm=rpm, burst_seconds=1.0) as server:
+        jobs = []
+        for p in range(2):
+            batch = _batch(tmp_path / f"in{p}.jsonl", p * per_process, per_process)
+            command = [
+                sys.executable, "-m", "surge.cli", "run", str(batch),
+                "-o", str(tmp_path / f"out{p}.jsonl"), "--base-url", server.url,
+                "--rpm", str(rpm), "--shared-limit", redis_url, "--shared-key", "cli-two",
+                "--no-progress",
+            ]  # fmt: skip
+            jobs.append(
+                subprocess.Popen(
+                    command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
+            )
+        outputs = [job.communicate(timeout=120)[0] for job in jobs]
+        stats = server.stats()
+    assert [job.returncode for job in jobs] == [0, 0], outputs
+    answered = [
+        json.loads(line)["custom_id"]
+        for p in range(2)
+        for line in (tmp_path / f"out{p}.jsonl").read_text().splitlines()
+    ]
+    assert sorted(answered) == sorted(f"q{i}" for i in range(2 * per_process))
+    limited = stats["by_status"].get("429", 0)
+    assert limited <= 0.01 * stats["requests"], stats["by_status"]
+    started = [second["started"] for second in stats["timeline"]]
+    for window in (1, 3):
+        for i in range(len(started)):
+            assert sum(started[i : i + window]) <= burst + rpm / 60 * (window + 1)
+    # Together, not each at the full rate: 400 requests at 50/s with a 50 burst take 7 s.
+    assert len(started) >= (2 * per_process - burst) / (rpm / 60) - 1
+
+
+def test_surge_run_with_an_unreachable_shared_limit_fails_at_once(tmp_path: Path) -> None:
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "surge.cli", "run", str(_batch(tmp_path / "in.jsonl", 0, 3)),
+         "-o", str(tmp_path / "out.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
+         "--shared-limit", "redis://127.0.0.1:1/0", "--no-progress"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    message = " ".join(done.stderr.split())  # rich wraps it
+    assert "did not answer" in message and "HINT: start Redis" in message
+    assert time.monotonic() - start < 30

@@ -398,6 +398,12 @@ class Limiter:
             if not waiter.done():
                 waiter.set_result(None)
 
+    async def aclose(self) -> None:
+        """Give back what this limiter holds of a shared limit (`shared=`), so the other
+        processes need not wait for its leases to expire. Nothing to do otherwise."""
+        if self._shared is not None:
+            await self._shared.aclose()
+
     def pause(self, seconds: float) -> None:
         """Grant nothing for `seconds`: the provider's Retry-After applies to the key."""
         if seconds <= 0:

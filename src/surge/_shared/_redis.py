@@ -205,8 +205,8 @@ class RedisStore:
             raise ConnectionError(
                 f"the shared limit store at {redact(url)} did not answer: "
                 f"{type(error).__name__}: {error}. HINT: start Redis there (redis-server "
-                "--port 6379) or pass the URL of one that runs, e.g. "
-                "shared='redis://localhost:6379/0'."
+                "--port 6379) or give the URL of one that runs, e.g. "
+                "redis://localhost:6379/0."
             ) from None
         finally:
             probe.close()

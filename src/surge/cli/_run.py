@@ -58,6 +58,15 @@ def run(
     ),
     itpm: float | None = typer.Option(None, help="Input tokens per minute (Anthropic)."),
     otpm: float | None = typer.Option(None, help="Output tokens per minute (Anthropic)."),
+    shared_limit: str | None = typer.Option(
+        None,
+        "--shared-limit",
+        help="Share the limits with every job on the same key in this store, e.g. "
+        "redis://localhost:6379/0.",
+    ),
+    shared_key: str | None = typer.Option(
+        None, "--shared-key", help="Name of the shared limit (default: provider and base URL)."
+    ),
     max_retries: int = typer.Option(5, help="Retries per request after the first attempt."),
     timeout: float = typer.Option(300.0, help="Seconds per attempt."),
     order: str = typer.Option("input", help="Output order: input or completion."),
@@ -117,6 +126,7 @@ def run(
         model=model, endpoint=endpoint, prompt_column=prompt_column, template=template,
         id_column=id_column, defaults=_parse_param(param), provider=provider, base_url=base_url,
         api_key_env=api_key_env, concurrency=concurrency, rpm=rpm, tpm=tpm, itpm=itpm, otpm=otpm, max_retries=max_retries,
+        shared_limit=shared_limit, shared_key=shared_key,
         timeout=timeout, order=order, max_cost=max_cost, max_failures=max_failures, dry_run=dry_run,
         cache=not no_cache, prices=str(prices) if prices else None, embed_batch=embed_batch,
         retry_failed=retry_failed, overwrite=overwrite, recover=recover,

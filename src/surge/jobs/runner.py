@@ -77,6 +77,9 @@ class JobSettings:
     tpm: float | None = None
     itpm: float | None = None
     otpm: float | None = None
+    shared_limit: str | None = None
+    """A store whose limit this job shares with other processes (redis://...)."""
+    shared_key: str | None = None
     max_retries: int = 5
     timeout: float | None = 300.0
     order: str = "input"
@@ -421,11 +424,15 @@ class _Job:
         self.unpriced = summary.unpriced
         assert self.provider is not None, "open_provider() first"
         given = (s.rpm, s.tpm, s.itpm, s.otpm)
-        limiter = surge.Limiter(
-            concurrency=s.concurrency, rpm=s.rpm, tpm=s.tpm, itpm=s.itpm, otpm=s.otpm,
-            # Told no limits: learn them from the first answer's headers before bursting.
-            probe=all(limit is None for limit in given) and s.provider != "local",
-        )  # fmt: skip
+        try:
+            limiter = surge.Limiter(
+                concurrency=s.concurrency, rpm=s.rpm, tpm=s.tpm, itpm=s.itpm, otpm=s.otpm,
+                # Told no limits: learn them from the first answer's headers before bursting.
+                probe=all(limit is None for limit in given) and s.provider != "local",
+                shared=s.shared_limit, key=shared_key(s) if s.shared_limit else None,
+            )  # fmt: skip
+        except (ConnectionError, ImportError, ValueError) as exc:  # --shared-limit
+            raise JobInputError(str(exc)) from None
         self.limiter = limiter
         stream = surge.as_completed(
             self.call,
@@ -485,6 +492,7 @@ class _Job:
             if installed:
                 loop.remove_signal_handler(signal.SIGINT)
             logging.getLogger("surge").removeFilter(quiet)
+            await limiter.aclose()
             await self.provider.aclose()
             if self.cache is not None:
                 self.cache.commit()
@@ -607,6 +615,16 @@ def _install_sigint(loop: asyncio.AbstractEventLoop, handler: Any) -> bool:
     except (NotImplementedError, RuntimeError, ValueError):
         return False  # not the main thread, or not supported here
     return True
+
+
+def shared_key(settings: JobSettings) -> str:
+    """The name of a --shared-limit: given, or the provider and base URL (no credentials),
+    so every job against one endpoint shares one limit."""
+    if settings.shared_key:
+        return settings.shared_key
+    from surge._shared import redact
+
+    return f"{settings.provider}:{redact(settings.base_url or 'default')}"
 
 
 async def run_job(settings: JobSettings, *, display: ProgressDisplay | None = None) -> JobReport:
