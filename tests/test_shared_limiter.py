@@ -247,3 +247,28 @@ def test_the_ledger_never_lets_level_plus_outstanding_exceed_the_burst(
         )
         assert dim["level"] + outstanding <= dim["cap"] + 1e-6
         assert math.isfinite(dim["level"])
+
+
+def test_the_servers_burst_learned_by_one_worker_is_spent_by_all() -> None:
+    admitted: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        store = MemoryStore(latency=0.001)
+        seer = surge.Limiter(rpm=600, shared=store, key="prod")  # 1 s of burst: 10
+        permit = await seer.acquire()
+        # The server allows a 10 s burst (100) and has 99 left.
+        hint = LimitHint(limit=600, remaining=99, reset=0.1)
+        seer.release(permit, hints=RateLimitHints(dimensions={"requests": hint}))
+        await asyncio.sleep(0.01)
+
+        async def call(i: int) -> int:
+            admitted.append(loop.time())
+            return i
+
+        others = [surge.Limiter(rpm=600, shared=store, key="prod") for _ in range(2)]
+        await asyncio.gather(*(surge.gather(call, range(45), limiter=o) for o in others))
+
+    run(main())
+    assert len(admitted) == 90
+    assert max(admitted) - min(admitted) < 1.0  # spent from the burst, not at 10/s

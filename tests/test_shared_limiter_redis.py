@@ -135,6 +135,14 @@ def test_the_lua_ledger_agrees_with_the_python_one(redis_url: str) -> None:
         {"client": "c", "ttl": 3.0, "need": {"requests": 9.0}, "want": {"requests": 9.0}},
         {"client": "b", "ttl": 3.0, "need": {"requests": 3.0}, "want": {"requests": 3.0}},
         {"client": "a", "ttl": 3.0, "held": {}, "correct": {"requests": 0.0}, "pause": 0.0},
+        {  # the server reveals a burst of 20: 15 left
+            "client": "d",
+            "ttl": 3.0,
+            "config": {"requests": {"rate": 1.0, "cap": 20.0}},
+            "learn": {"requests": 15.0},
+            "need": {"requests": 1.0},
+            "want": {"requests": 4.0},
+        },
     ]
 
     async def through_redis() -> list[dict[str, Any]]:

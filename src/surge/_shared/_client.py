@@ -75,8 +75,9 @@ class LeasedBucket(TokenBucket):
         self._client.give(self.name, amount, now)
 
     def set_level(self, level: float, now: float) -> None:
-        # The provider says this much is left for the whole key: tell the store.
-        self._client.correct(self.name, level)
+        # The provider says this much is left for the whole key: tell the store. The
+        # limiter raises a level only once, when the server first reveals its burst.
+        self._client.correct(self.name, level, learned=level > self.level(now))
 
 
 class LeaseClient:
@@ -101,6 +102,7 @@ class LeaseClient:
         self._debt: dict[str, float] = {}
         self._need: dict[str, float] = {}
         self._corrections: dict[str, float] = {}
+        self._learned: dict[str, float] = {}
         self._pause = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: Callable[[], None] = lambda: None
@@ -186,8 +188,11 @@ class LeaseClient:
         ):
             self._start()  # fetch the next lease before anyone has to wait for it
 
-    def correct(self, name: str, remaining: float) -> None:
-        self._corrections[name] = min(self._corrections.get(name, math.inf), remaining)
+    def correct(self, name: str, remaining: float, *, learned: bool = False) -> None:
+        if learned:
+            self._learned[name] = remaining
+        else:
+            self._corrections[name] = min(self._corrections.get(name, math.inf), remaining)
         self._start_soon()
 
     def pause(self, seconds: float) -> None:
@@ -265,6 +270,7 @@ class LeaseClient:
         request["need"] = need
         request["want"] = want
         request["correct"] = dict(self._corrections)
+        request["learn"] = dict(self._learned)
         request["pause"] = self._pause
         return request
 
@@ -275,6 +281,7 @@ class LeaseClient:
         request = self._request()
         needed = dict(self._need)  # what calls wait for, before the half-lease minimum
         self._corrections.clear()
+        self._learned.clear()
         self._pause = 0.0
         self._need.clear()
         try:
@@ -342,7 +349,7 @@ class LeaseClient:
                 self._schedule_retry(now + max(wait, 0.001))
             else:
                 self._retry_at = now + self._lease_seconds / 2
-        if self._corrections or self._pause > 0:
+        if self._corrections or self._learned or self._pause > 0:
             self._start()
         self._wake()
 

@@ -26,7 +26,7 @@ same bound one process has.
                "held": {id: {dim: unspent}} (every lease the client still holds),
                "release": [id] (give these back), "need": {dim: amount} (wait for it),
                "want": {dim: amount} (take up to this), "correct": {dim: remaining},
-               "pause": seconds}
+               "learn": {dim: remaining} (the server's burst, seen first), "pause": seconds}
     reply   = {"lease": id or "", "granted": {dim: amount}, "wait": seconds,
                "paused_for": seconds, "config": {dim: {"rate", "cap"}}, "clients": n}
 """
@@ -57,8 +57,10 @@ def exchange(state: State, request: Message, now: float) -> Message:
     for name, conf in request.get("defaults", {}).items():
         if name not in dims:
             dims[name] = {"rate": conf["rate"], "cap": conf["cap"], "level": conf["cap"], "t": now}
+    grown: dict[str, float] = {}  # how much a dimension's burst grew in this request
     for name, conf in request.get("config", {}).items():
         if name in dims:
+            grown[name] = conf["cap"] - dims[name]["cap"]
             dims[name]["rate"] = conf["rate"]
             dims[name]["cap"] = conf["cap"]
         else:
@@ -102,6 +104,14 @@ def exchange(state: State, request: Message, now: float) -> Message:
     for name, remaining in request.get("correct", {}).items():
         if name in dims:
             dims[name]["level"] = min(dims[name]["level"], remaining - outstanding[name])
+    # ...except when the provider first reveals a burst larger than the one assumed:
+    # the room it has left, up to what the burst grew by (headers lag; others may have
+    # spent some since).
+    for name, remaining in request.get("learn", {}).items():
+        if name in dims and grown.get(name, 0.0) > 0:
+            dim = dims[name]
+            room = min(remaining - outstanding[name], dim["level"] + grown[name])
+            dim["level"] = max(dim["level"], room)
 
     pause = request.get("pause", 0.0)
     if pause > 0:

@@ -34,8 +34,10 @@ for name, conf in pairs(req.defaults or {}) do
     dims[name] = {rate = conf.rate, cap = conf.cap, level = conf.cap, t = now}
   end
 end
+local grown = {}
 for name, conf in pairs(req.config or {}) do
   if dims[name] then
+    grown[name] = conf.cap - dims[name].cap
     dims[name].rate = conf.rate
     dims[name].cap = conf.cap
   else
@@ -86,6 +88,13 @@ end
 for name, remaining in pairs(req.correct or {}) do
   if dims[name] then
     dims[name].level = math.min(dims[name].level, remaining - outstanding[name])
+  end
+end
+for name, remaining in pairs(req.learn or {}) do
+  local dim = dims[name]
+  if dim and (grown[name] or 0) > 0 then
+    local room = math.min(remaining - outstanding[name], dim.level + grown[name])
+    dim.level = math.max(dim.level, room)
   end
 end
 
