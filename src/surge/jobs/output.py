@@ -8,8 +8,10 @@ extension) is the OpenAI Batch output format, one line per input line:
 response body as a JSON string. Any other extension is refused before the job starts.
 Failures (and malformed input lines) also go to `OUTPUT.errors.jsonl` with the reason.
 
-A crash mid-write leaves the previous file in place: the new one is written beside it
-and renamed over it. Files are created with the journal's permissions (SQLite's 0644,
+A crash mid-write, or a write that fails (a full disk), leaves the previous file in
+place: the new one is written beside it and renamed over it. A write that fails is an
+`OutputError` naming the file, with a HINT: the journal holds every result, so a rerun
+rebuilds the outputs without asking again for any answer. Files are created with the journal's permissions (SQLite's 0644,
 less the umask), not the 0600 of a temporary file.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -32,6 +35,7 @@ from surge.jobs.journal import Journal
 __all__ = [
     "FLAT_COLUMNS",
     "OUTPUT_SUFFIXES",
+    "OutputError",
     "check_overwrite",
     "errors_path",
     "flat_record",
@@ -61,6 +65,32 @@ FLAT_COLUMNS = (
 )  # fmt: skip
 # What SQLite creates the journal with; the umask applies to both.
 _FILE_MODE = 0o644
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class OutputError(JobInputError):
+    """An output file cannot be written (a full disk, no permission). The previous file
+    is left as it was, and the journal holds every result: once the cause is fixed, the
+    same command rebuilds the outputs without asking again for any answer."""
+
+
+def _unwritable(path: Path, journal: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    rerun = (
+        "rerun the same command: it rebuilds the output from the journal without asking "
+        "again for any answer it holds."
+    )
+    if exc.errno in _NO_SPACE:
+        return OutputError(
+            f"{path}: no space left to write it ({reason}); the previous {path.name} is "
+            f"left as it was. HINT: every result is in the journal {journal}; free some "
+            f"disk space, then {rerun}"
+        )
+    return OutputError(
+        f"{path}: cannot write it ({reason}); the previous {path.name} is left as it was. "
+        f"HINT: every result is in the journal {journal}; fix that (the folder, its "
+        f"permissions), or pass -o elsewhere, then {rerun}"
+    )
 
 
 def output_format(output: str | Path) -> OutputFormat:
@@ -196,51 +226,74 @@ def write_outputs(
     OUTPUT's format follows its extension (`output_format`)."""
     output = Path(output)
     kind = output_format(output)
-    rows = journal.rows(order=order, states=FINISHED)
-    if kind == "parquet":
-        _atomic_parquet(output, (flat_record(row) for row in rows))
-    elif kind in ("csv", "tsv"):
-        with _atomic_text(output, newline="") as handle:
-            writer = csv.DictWriter(
-                handle, FLAT_COLUMNS, delimiter="\t" if kind == "tsv" else ",", lineterminator="\n"
-            )
-            writer.writeheader()
-            writer.writerows(flat_record(row) for row in rows)
-    else:
-        with _atomic_text(output) as handle:
-            for row in rows:
-                line = json.dumps(output_record(row), ensure_ascii=False, separators=(",", ":"))
-                handle.write(line + "\n")
+    with _closing(journal.rows(order=order, states=FINISHED)) as rows:
+        if kind == "parquet":
+            _atomic_parquet(output, (flat_record(row) for row in rows), journal=journal.path)
+        elif kind in ("csv", "tsv"):
+            with _atomic_text(output, journal=journal.path, newline="") as handle:
+                delimiter = "\t" if kind == "tsv" else ","
+                writer = csv.DictWriter(
+                    handle, FLAT_COLUMNS, delimiter=delimiter, lineterminator="\n"
+                )
+                writer.writeheader()
+                writer.writerows(flat_record(row) for row in rows)
+        else:
+            with _atomic_text(output, journal=journal.path) as handle:
+                for row in rows:
+                    line = json.dumps(output_record(row), ensure_ascii=False, separators=(",", ":"))
+                    handle.write(line + "\n")
     errors = errors_path(output)
-    with _atomic_text(errors) as handle:
-        for row in journal.rows(order=order, states=("failed", "invalid")):
+    with (
+        _closing(journal.rows(order=order, states=("failed", "invalid"))) as failed,
+        _atomic_text(errors, journal=journal.path) as handle,
+    ):
+        for row in failed:
             handle.write(json.dumps(error_record(row), ensure_ascii=False) + "\n")
     return output, errors
 
 
 @contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[int]:
-    """A new file beside `path` (as a descriptor) renamed over it on success.
+def _closing(rows: Iterator[sqlite3.Row]) -> Iterator[Iterator[sqlite3.Row]]:
+    """The journal's rows, closed here rather than by the garbage collector after the
+    journal is: a write that fails (a full disk) leaves them half read."""
+    try:
+        yield rows
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path, *, journal: Path) -> Iterator[int]:
+    """A new file beside `path` (as a descriptor) renamed over it on success; on any
+    failure the new file is removed, and an OSError (a full disk) becomes an
+    OutputError naming `path`.
 
     Created with `_FILE_MODE` less the umask, as the journal is, rather than through
     `tempfile`, whose files are 0600 whatever the umask.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    except OSError as exc:
+        raise _unwritable(path, journal, exc) from exc
     try:
         yield fd
         os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             os.unlink(temp)
+        if isinstance(exc, OSError):
+            raise _unwritable(path, journal, exc) from exc
         raise
 
 
 @contextlib.contextmanager
-def _atomic_text(path: Path, *, newline: str | None = None) -> Iterator[IO[str]]:
+def _atomic_text(path: Path, *, journal: Path, newline: str | None = None) -> Iterator[IO[str]]:
     with (
-        _atomic_file(path) as fd,
+        _atomic_file(path, journal=journal) as fd,
         os.fdopen(fd, "w", encoding="utf-8", newline=newline) as handle,
     ):
         yield handle
@@ -248,7 +301,7 @@ def _atomic_text(path: Path, *, newline: str | None = None) -> Iterator[IO[str]]
         os.fsync(handle.fileno())
 
 
-def _atomic_parquet(path: Path, records: Iterable[dict[str, Any]]) -> None:
+def _atomic_parquet(path: Path, records: Iterable[dict[str, Any]], *, journal: Path) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -256,7 +309,7 @@ def _atomic_parquet(path: Path, records: Iterable[dict[str, Any]]) -> None:
         raise RuntimeError("Parquet output needs pyarrow: pip install pyarrow") from exc
     types = {"input_tokens": pa.int64(), "output_tokens": pa.int64(), "status_code": pa.int32()}
     schema = pa.schema([(name, types.get(name, pa.string())) for name in FLAT_COLUMNS])
-    with _atomic_file(path) as fd, os.fdopen(fd, "wb") as handle:
+    with _atomic_file(path, journal=journal) as fd, os.fdopen(fd, "wb") as handle:
         with pq.ParquetWriter(handle, schema) as writer:
             batch: list[dict[str, Any]] = []
             for record in records:
