@@ -230,8 +230,34 @@ async def test_only_the_real_apis_paths_are_served() -> None:
         assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
         assert (await http.get("/v2/models")).status_code == 404
         assert (await http.delete("/v2/models")).status_code == 404
-        assert (await http.get("/sim/stats")).status_code == 200
-        assert server.stats()["requests"] == 2  # 404s for unknown paths are not counted
+        stats = (await http.get("/sim/stats")).json()  # the stats do not count themselves
+    # A wrong base path shows in the stats: counted with the rest, and by path.
+    assert stats["requests"] == 8
+    assert stats["by_status"] == {"200": 2, "404": 6}
+    assert stats["not_found"] == {
+        "POST /v2/chat/completions": 1,
+        "POST /openai/v1/chat/completions": 1,
+        "POST /v1/v1/chat/completions": 1,
+        "POST /v1/message": 1,
+        "GET /v2/models": 1,
+        "DELETE /v2/models": 1,
+    }
+    assert sum(second["started"] for second in stats["timeline"]) == 8
+    assert sum(second["errors"] for second in stats["timeline"]) == 6
+    assert stats["in_flight"] == 0
+
+
+async def test_unknown_paths_past_the_hundredth_are_counted_together() -> None:
+    async with serve() as server, httpx.AsyncClient(base_url=server.base_url) as http:
+        for i in range(105):
+            assert (await http.post(f"/v{i + 2}/chat/completions", json={})).status_code == 404
+        await http.post("/v2/chat/completions", json={})  # a path already named
+        stats = server.stats()
+        assert stats["requests"] == stats["by_status"]["404"] == 106
+        assert len(stats["not_found"]) == 101 and stats["not_found"]["other"] == 5
+        assert stats["not_found"]["POST /v2/chat/completions"] == 2
+        assert (await http.post("/sim/reset")).status_code == 200
+        assert server.stats()["not_found"] == {} and server.stats()["requests"] == 0
 
 
 async def test_embeddings_floats_and_base64() -> None:

@@ -49,7 +49,8 @@ Faults and latency: drawn per request from (seed, content, attempt), see
 Stats (``GET /sim/stats`` = ``server.stats()``): ``requests``, ``by_status`` (status
 codes as strings, plus ``reset``, ``malformed`` and ``hang`` for faults the client saw
 no status for), ``by_key``, ``attempts`` (content key → arrivals), ``faults``,
-``in_flight``, ``peak_concurrency``, ``tokens``, ``capacity`` and a per-second
+``not_found`` ("METHOD path" → requests to a path no real API serves, answered 404 and
+counted in ``requests`` too: a wrong base URL shows here), ``in_flight``, ``peak_concurrency``, ``tokens``, ``capacity`` and a per-second
 ``timeline`` (started, ok, rate_limited, errors, input and output tokens).
 
 Example:

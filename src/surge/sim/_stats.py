@@ -9,6 +9,8 @@ __all__ = ["Stats"]
 
 # Columns of one per-second timeline row.
 _STARTED, _OK, _LIMITED, _ERRORS, _IN_TOK, _OUT_TOK = range(6)
+# Distinct unknown paths named in the stats; any more are counted under "other".
+_NOT_FOUND_PATHS = 100
 
 
 class Stats:
@@ -25,6 +27,7 @@ class Stats:
         self.by_key: dict[str, dict[str, Any]] = {}
         self.attempts: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        self.not_found: Counter[str] = Counter()
         self.in_flight = 0
         self.peak_concurrency = 0
         self.input_tokens = 0
@@ -51,6 +54,19 @@ class Stats:
             self.peak_concurrency = self.in_flight
         self._key(key)["requests"] += 1
         self._row(now)[_STARTED] += 1
+
+    def unknown_path(self, method: str, path: str, now: float) -> None:
+        """A request to a path no real API serves (answered 404): counted with the
+        rest, and by path, so a wrong base URL shows in the stats."""
+        self.requests += 1
+        self.by_status["404"] += 1
+        row = self._row(now)
+        row[_STARTED] += 1
+        row[_ERRORS] += 1
+        name = f"{method} {path}"
+        if name not in self.not_found and len(self.not_found) >= _NOT_FOUND_PATHS:
+            name = "other"
+        self.not_found[name] += 1
 
     def finish(
         self,
@@ -91,6 +107,7 @@ class Stats:
             },
             "attempts": dict(self.attempts),
             "faults": dict(self.faults),
+            "not_found": dict(self.not_found),
             "in_flight": self.in_flight,
             "peak_concurrency": self.peak_concurrency,
             "tokens": {

@@ -265,7 +265,7 @@ class SimApp:
                 self.reset()
                 await _respond(send, 200, b'{"ok":true}')
             else:
-                await _not_found(scope, send, method, path)
+                await self._unknown_path(scope, send, method, path)
         elif method == "GET":
             if route == "/models":
                 await _respond(send, 200, self._models)
@@ -274,11 +274,16 @@ class SimApp:
             elif route in ("/", "/health", "/sim/health"):
                 await _respond(send, 200, b'{"ok":true}')
             else:
-                await _not_found(scope, send, method, path)
+                await self._unknown_path(scope, send, method, path)
         elif route in _ROUTES:
             await _respond(send, 405, _error(False, 405, f"Method {method} not allowed"))
         else:
-            await _not_found(scope, send, method, path)
+            await self._unknown_path(scope, send, method, path)
+
+    async def _unknown_path(self, scope: Scope, send: Send, method: str, path: str) -> None:
+        """404, counted in the stats: a wrong base path shows there."""
+        self._stats.unknown_path(method, path, time.monotonic())
+        await _not_found(scope, send, method, path)
 
     async def _serve_policy(self, method: str, path: str, receive: Receive, send: Send) -> None:
         raw = await self._read_body(receive) if method == "POST" else b""
