@@ -148,8 +148,11 @@ def test_a_model_without_attention_mask_gets_a_clear_error_on_padded_prompts() -
         gen.generate(tickets)
 
 
-def test_on_policy_importance_weights_are_one_with_gpt2_dropout_on() -> None:
-    task = _task()
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_on_policy_importance_weights_are_one_with_gpt2_dropout_on(checkpointing: bool) -> None:
+    # A reward that differs within every group: the trainer skips completions with zero
+    # advantage, and with none left the ESS would be 1 without computing anything.
+    task = TextTask(ROWS, _tokenizer(), _length_reward, max_new_tokens=4)
     policy = _policy(task.vocab_size, dropout=0.1)  # GPT-2's default dropout
     gen = Generator(policy.eval(), task, group_size=4, seed=1, refresh=lambda mv: 0)
     rollouts = gen.generate([0, 1, 2])
@@ -157,10 +160,12 @@ def test_on_policy_importance_weights_are_one_with_gpt2_dropout_on() -> None:
     completions = torch.cat([r.completions for r in rollouts])
     mask = torch.cat([r.mask for r in rollouts])
     behaviour = torch.cat([r.behaviour_logprobs for r in rollouts])
-    trainer = _trainer(task, mode="sync")
+    trainer = _trainer(task, mode="sync", gradient_checkpointing=checkpointing)
     trainer.model.load_state_dict(policy.state_dict())
     trainer.model.train()  # the trainer must switch dropout off itself
     metrics = trainer._update(rollouts)
+    moved = trainer.model.state_dict()
+    assert any(not torch.equal(moved[k], v) for k, v in policy.state_dict().items())  # it trained
     assert metrics["ess"] == pytest.approx(1.0, abs=1e-9)
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-9)
     # What the old code did (train mode: dropout on) is visibly off-policy.
@@ -170,6 +175,48 @@ def test_on_policy_importance_weights_are_one_with_gpt2_dropout_on() -> None:
         noisy, _ = completion_logprobs(policy, prompts, completions, task.pad_id)
     w = torch.exp(noisy - behaviour)[mask]
     assert float((w - 1).abs().max()) > 0.05  # dropout noise, not a policy change
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_gradient() -> None:
+    task = TextTask(ROWS, _tokenizer(), _length_reward, max_new_tokens=4)  # signal in every group
+    gen = Generator(
+        _policy(task.vocab_size).eval(), task, group_size=4, seed=1, refresh=lambda mv: 0
+    )
+    rollouts = gen.generate([0, 1, 2])
+    grads, block_calls = [], []
+    for checkpointing in (False, True):
+        trainer = _trainer(task, mode="sync", gradient_checkpointing=checkpointing)
+        calls = [0]
+        # Count runs of a layer inside the checkpointed block (module hooks do not fire
+        # in the recomputation, so wrap its forward).
+        mlp = trainer.model.model.transformer.h[0].mlp
+        mlp_forward = mlp.forward
+
+        def counted(
+            *args: Any, _forward: Any = mlp_forward, _calls: list[int] = calls, **kwargs: Any
+        ) -> Any:
+            _calls[0] += 1
+            return _forward(*args, **kwargs)
+
+        mlp.forward = counted
+        metrics = trainer._update(rollouts)
+        assert metrics["ess"] == pytest.approx(1.0, abs=1e-9)
+        grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
+        block_calls.append(calls[0])
+        assert not trainer.model.training  # left in the mode the generator samples in
+    assert block_calls[1] > block_calls[0]  # the backward pass ran the block again
+    assert any(float(g.abs().max()) > 0 for g in grads[0].values())  # it had a gradient
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_a_clear_error() -> None:
+    from surge.rl import ReverseDigits, TinyLM, TinyLMConfig
+
+    task = ReverseDigits(length=3)
+    model = TinyLM(TinyLMConfig(vocab_size=task.vocab_size))
+    with pytest.raises(ValueError, match=r"gradient_checkpointing_enable.*HINT"):
+        Trainer(model, task, RLConfig(gradient_checkpointing=True), device="cpu")
 
 
 def test_staleness_zero_async_equals_sync_bit_for_bit_on_a_text_task() -> None:

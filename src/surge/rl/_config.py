@@ -73,6 +73,13 @@ class RLConfig:
     off, TRL's ``disable_dropout``), the mode the generator samples in, so on-policy
     importance weights are 1.
 
+    - ``gradient_checkpointing`` (TRL's name): recompute activations in the backward
+      pass instead of keeping them (less memory, about a third more compute). The
+      model must have ``gradient_checkpointing_enable()`` (:class:`HFCausalLM` does).
+      transformers checkpoints only in train mode, so the trainer then sets every
+      dropout probability to 0 and computes log-probabilities in train mode: still
+      exactly the generator's, so on-policy importance weights stay 1.
+
     Placement:
 
     - ``engine``: ``"thread"`` runs the generator in a thread of this process, with
@@ -105,6 +112,7 @@ class RLConfig:
     scale_rewards: ScaleRewards | bool = "group"
     mask_truncated_completions: bool = False
     max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
     seed: int = 0
     engine: EngineKind = "thread"
     generator_threads: int | None = None

@@ -63,7 +63,9 @@ class HFCausalLM(nn.Module):
 
            policy = HFCausalLM(get_peft_model(model, LoraConfig(r=8, target_modules=["c_attn"])))
     The trainer computes log-probabilities in eval mode (dropout off),
-       the mode the generator samples in.
+       the mode the generator samples in; with ``gradient_checkpointing`` in train mode
+       with every dropout probability set to 0 (transformers checkpoints only in train
+       mode).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -78,6 +80,24 @@ class HFCausalLM(nn.Module):
             params = {}  # type: ignore[assignment]
         # transformers 5 renamed the cache argument and output field to `cache`.
         self._cache_name = "cache" if "cache" in params else "past_key_values"
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each layer's activations in the backward pass (transformers'
+        checkpointing, non-reentrant: it needs no input that requires grad, so LoRA's
+        frozen embeddings work too)."""
+        kwargs = {"use_reentrant": False}
+        # transformers 5.x renamed it activation_checkpointing_enable (the old name warns).
+        enable: Any = getattr(self.model, "activation_checkpointing_enable", None)
+        if callable(enable):
+            enable(activation_checkpointing_kwargs=kwargs)
+            return
+        enable = getattr(self.model, "gradient_checkpointing_enable", None)
+        if not callable(enable):
+            raise TypeError(
+                f"{type(self.model).__name__} has no gradient_checkpointing_enable(). "
+                "HINT: use a transformers PreTrainedModel, or gradient_checkpointing=false."
+            )
+        enable(gradient_checkpointing_kwargs=kwargs)
 
     def forward(
         self,

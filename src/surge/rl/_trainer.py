@@ -76,6 +76,23 @@ class StepStats:
     generation_seconds: float = 0.0
 
 
+def _enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Turn on the model's activation checkpointing and switch dropout off for good
+    (TRL's ``disable_dropout_in_model``): checkpointing needs train mode, and dropout in
+    train mode would make the trainer's log-probabilities differ from the generator's."""
+    enable: Any = getattr(model, "gradient_checkpointing_enable", None)
+    if not callable(enable):
+        raise ValueError(
+            f"gradient_checkpointing=True, but {type(model).__name__} has no "
+            "gradient_checkpointing_enable(). HINT: wrap a transformers model in "
+            "HFCausalLM, or set gradient_checkpointing=False."
+        )
+    enable()
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):  # Dropout, Dropout1d, ...
+            module.p = 0.0
+
+
 class Trainer:
     """RL trainer for a language model on a verifiable task, synchronous or asynchronous.
 
@@ -119,6 +136,8 @@ class Trainer:
             cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
         self.cores = max(1, cores)
         self.engine_factory = engine_factory
+        if self.config.gradient_checkpointing:
+            _enable_gradient_checkpointing(self.model)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=0.0)
         self.ref_model: nn.Module | None = None
         if self.config.algorithm == "online_dpo" or self.config.beta > 0:
@@ -347,10 +366,19 @@ class Trainer:
     # -- the update ----------------------------------------------------------------------
 
     def _update(self, rollouts: list[Rollout]) -> dict[str, float]:
-        cfg, task = self.config, self.task
+        cfg = self.config
         # Dropout off (TRL's disable_dropout): log-probabilities in the mode the generator
-        # sampled in, so on-policy importance weights are exactly what sampling saw.
-        self.model.eval()
+        # sampled in, so on-policy importance weights are exactly what sampling saw. With
+        # checkpointing, train mode (transformers checkpoints only there) with every
+        # dropout probability already set to 0: the same numbers.
+        self.model.train(cfg.gradient_checkpointing)
+        try:
+            return self._update_in_mode(rollouts)
+        finally:
+            self.model.eval()
+
+    def _update_in_mode(self, rollouts: list[Rollout]) -> dict[str, float]:
+        cfg, task = self.config, self.task
         dev = self.device
         completions = torch.cat([r.completions for r in rollouts]).to(dev)
         mask = torch.cat([r.mask for r in rollouts]).to(dev)
