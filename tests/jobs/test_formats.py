@@ -359,10 +359,33 @@ def test_a_csv_that_cannot_run_stops_before_the_first_request(
     assert message in str(caught.value)
 
 
-def test_an_empty_csv_has_no_header(tmp_path: Path) -> None:
-    (tmp_path / "empty.csv").write_text("\n\n")
-    with pytest.raises(JobInputError, match="needs a header row"):
-        read_requests(str(tmp_path / "empty.csv"), model="m", prompt_column="text")
+@pytest.mark.parametrize("content", ["", "\n\n", " \r\n"])
+@pytest.mark.parametrize(
+    "options",
+    [{"model": "m", "prompt_column": "text"}, {}, {"format": "csv", "model": "m"}],
+)
+def test_an_empty_csv_is_an_empty_input_as_an_empty_jsonl_is(
+    tmp_path: Path, content: str, options: dict[str, Any]
+) -> None:
+    (tmp_path / "empty.csv").write_text(content)
+    (tmp_path / "empty.jsonl").write_text(content)
+    assert read_all(tmp_path / "empty.csv", **options) == []
+    assert read_all(tmp_path / "empty.jsonl", **options) == []
+    check_input(str(tmp_path / "empty.csv"), **options)  # nothing to refuse either
+
+
+def test_an_empty_csv_on_stdin_is_an_empty_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_stdin(monkeypatch, b"\n")
+    assert read_all("-", format="csv", model="m", prompt_column="text") == []
+    use_stdin(monkeypatch, b"")
+    assert read_all("-", format="csv", model="m", prompt_column="text") == []
+
+
+def test_a_csv_with_only_a_header_is_empty_but_still_checked(tmp_path: Path) -> None:
+    (tmp_path / "header.csv").write_text("text\n")
+    assert read_all(tmp_path / "header.csv", model="m", prompt_column="text") == []
+    with pytest.raises(JobInputError, match="no column 'body'"):
+        read_requests(str(tmp_path / "header.csv"), model="m", prompt_column="body")
 
 
 def test_a_csv_that_is_not_utf8_stops(tmp_path: Path) -> None:
@@ -458,8 +481,8 @@ def test_stdin_as_csv_and_not_as_parquet(monkeypatch: pytest.MonkeyPatch) -> Non
     use_stdin(monkeypatch, b"id,text\n1,hello\n2,world\n")
     one, two = requests("-", format="csv", model="m", prompt_column="text", id_column="id")
     assert (one.custom_id, one.line, two.line) == ("1", 2, 3)
-    with pytest.raises(JobInputError, match="<stdin>: empty"):  # it was read, all of it
-        read_requests("-", format="csv", model="m", prompt_column="text")
+    # It was read, all of it: what is left is an empty input.
+    assert read_all("-", format="csv", model="m", prompt_column="text") == []
     with pytest.raises(JobInputError, match="Parquet cannot be read from stdin"):
         read_requests("-", format="parquet", model="m", prompt_column="text")
 

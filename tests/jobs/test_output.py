@@ -163,15 +163,27 @@ def test_outputs_and_journal_share_their_permissions(
     assert leftovers == []
 
 
-def test_an_empty_input_warns_and_exits_0(sim: surge.sim.SimServer, tmp_path: Path) -> None:
-    (tmp_path / "empty").write_text("\n\n")
+@pytest.mark.parametrize(
+    ("name", "content", "options"),
+    [
+        ("empty", "\n\n", []),
+        ("empty.jsonl", "", []),
+        ("empty.csv", "", ["--model", "sim-small", "--prompt-column", "text"]),
+        ("blank.csv", "\n", []),
+    ],
+)
+def test_an_empty_input_warns_and_exits_0(
+    sim: surge.sim.SimServer, tmp_path: Path, name: str, content: str, options: list[str]
+) -> None:
+    (tmp_path / name).write_text(content)
     result = CliRunner().invoke(
         app,
-        ["run", str(tmp_path / "empty"), "-o", str(tmp_path / "out.jsonl"),
-         "--base-url", sim.url, "--no-progress", "--json-summary"],
+        ["run", str(tmp_path / name), "-o", str(tmp_path / "out.jsonl"),
+         "--base-url", sim.url, "--no-progress", "--json-summary", *options],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "warning:" in result.stderr and "holds no requests (it is empty)" in result.stderr
+    said = " ".join(result.stderr.split())  # rich wraps long paths
+    assert "warning:" in said and f"{name} holds no requests (it is empty)" in said
     assert json.loads(result.stdout)["total"] == 0
     assert read_jsonl(tmp_path / "out.jsonl") == []
     assert sim.stats()["requests"] == 0

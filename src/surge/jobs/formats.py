@@ -168,7 +168,7 @@ def read_requests(
     undetectable format, an unknown endpoint, CSV/Parquet without a prompt source or
     model, or a column that does not exist. Malformed lines are yielded as InputError
     (with file, line, field and what is wrong), and reading goes on. Blank lines are
-    skipped; an input of nothing but blank lines (not a CSV, which needs its header)
+    skipped; an input of nothing but blank lines (a CSV without even its header too)
     yields nothing, whatever its name. `check_input` makes the same checks without
     reading a request.
 
@@ -195,6 +195,8 @@ def read_requests(
             format = "jsonl"  # an empty input: no requests
     else:
         _open(path).close()  # an unreadable path stops here, not at the first next()
+    if format == "csv" and path != STDIN and _is_blank(path):
+        format = "jsonl"  # no header and no rows: an empty input, as an empty JSONL is
 
     if format in ("batch", "jsonl"):
         return _json_lines(_raw_lines(path, peeked), settings, batch_only=format == "batch")
@@ -818,15 +820,16 @@ def _csv_requests(
 
     text = _csv_text(s.name, recording())
     first = next(text, None)
-    if first is None:
+    if first is None:  # stdin given as --format csv, holding nothing: an empty input
         raws.close()
-        raise JobInputError(f"{s.name}: empty: a CSV input needs a header row naming its columns")
+        return iter(())
     delimiter = _delimiter(path, first)
     found = next(_csv_records(s.name, _chain_text(first, text), delimiter), None)
     if path != STDIN:
         raws.close()  # a file is read again from the top; stdin is replayed from `consumed`
-    if found is None:
-        raise JobInputError(f"{s.name}: empty: a CSV input needs a header row naming its columns")
+    if found is None:  # nothing but blank lines
+        raws.close()
+        return iter(())
     header_line, header = found
     if isinstance(header, csv.Error):
         raise JobInputError(f"{s.name}:{header_line}: cannot read the CSV header: {header}")
