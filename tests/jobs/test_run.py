@@ -412,3 +412,51 @@ def test_told_no_limits_the_job_learns_them_before_bursting(tmp_path: Path) -> N
     assert report.summary.done == 80
     rejected = stats["by_status"].get("429", 0)
     assert rejected <= 3, f"{rejected} requests refused: the first wave was not held back"
+
+
+# -- --max-failures ------------------------------------------------------------------------
+
+
+def test_max_failures_does_not_count_the_429s_put_back_in_the_queue(tmp_path: Path) -> None:
+    # As in test_anthropic_job: the user claims 6,000 RPM, the server allows 600, and
+    # with no retries a refused item goes to the back of the queue. It is not failed,
+    # so --max-failures 1 must not stop the job.
+    with surge.sim.serve_in_thread(profile="fast", rpm=600, burst_seconds=0.2) as server:
+        source = write_batch(tmp_path / "in.jsonl", 24)
+        report = run(
+            settings_for(server, tmp_path, source, rpm=6000, max_retries=0, max_failures=1)
+        )
+        stats = server.stats()
+    assert stats["by_status"].get("429", 0) > 0, "the test must provoke 429s"
+    assert report.outcome == "complete" and report.stopped_reason is None
+    assert report.summary.done == 24 and report.summary.failed == 0
+
+
+def test_max_failures_stops_once_that_many_items_are_recorded_failed(
+    sim: surge.sim.SimServer, tmp_path: Path
+) -> None:
+    source = write_batch(tmp_path / "in.jsonl", 20, poison={2, 5, 9, 14})
+    report = run(settings_for(sim, tmp_path, source, concurrency=1, max_failures=2))
+    assert report.outcome == "stopped" and report.stopped_reason == "max_failures"
+    # req-0..5 in order; dispatch stops at the second failure, what is in flight (one
+    # request at concurrency 1) still finishes.
+    assert report.summary.failed == 2 and report.summary.done in (4, 5)
+    assert report.summary.pending == 20 - 2 - report.summary.done
+    # The rerun counts its own failures: two more, then it stops again.
+    report = run(settings_for(sim, tmp_path, source, concurrency=1, max_failures=2))
+    assert report.outcome == "stopped" and report.summary.failed == 4
+    assert report.summary.pending == 20 - 4 - report.summary.done > 0
+    report = run(settings_for(sim, tmp_path, source, concurrency=1, max_failures=2))
+    assert report.outcome == "complete" and report.summary.done == 16
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_max_failures_below_one_is_refused_at_the_door(
+    sim: surge.sim.SimServer, tmp_path: Path, value: int
+) -> None:
+    from surge.jobs import JobInputError
+
+    source = write_batch(tmp_path / "in.jsonl", 2)
+    with pytest.raises(JobInputError, match=r"--max-failures must be at least 1.*HINT"):
+        run(settings_for(sim, tmp_path, source, max_failures=value))
+    assert not list(tmp_path.glob("out.jsonl*")) and sim.stats()["requests"] == 0

@@ -75,7 +75,9 @@ def run(
         help="Budget in USD: spent plus the ceiling of every request in flight never passes it.",
     ),
     max_failures: int | None = typer.Option(
-        None, help="Stop dispatching after this many failed requests."
+        None,
+        help="Stop dispatching once this many items are recorded failed in this run (a 429 "
+        "put back in the queue is not a failure).",
     ),
     dry_run: bool = typer.Option(
         False,

@@ -196,6 +196,8 @@ class _Job:
         self.total = 0
         self.finished = 0
         self.failed = 0
+        self.failed_this_run = 0  # what --max-failures counts
+        self.stream: surge.Run[Any] | None = None
         self.tokens = 0
         self.unpriced = 0  # done items whose model has no known price
         self.wall_offset = 0.0
@@ -396,6 +398,12 @@ class _Job:
                 )
             )  # fmt: skip
             self.failed += 1
+            self.failed_this_run += 1
+        # --max-failures counts items recorded failed, so not a 429 put back in the queue
+        # (the engine's own max_failures would count it).
+        limit = self.settings.max_failures
+        if limit is not None and self.failed_this_run >= limit and self.stream is not None:
+            self.stream.stop("max_failures")
 
     # -- the run -----------------------------------------------------------------------
 
@@ -441,9 +449,9 @@ class _Job:
             tokens=self.estimate,
             max_retries=s.max_retries,
             timeout=s.timeout,
-            max_failures=s.max_failures,
             on_event=self.on_event,
         )
+        self.stream = stream
         interrupted = 0
         consumer = asyncio.current_task()
         assert consumer is not None
@@ -632,6 +640,11 @@ async def run_job(settings: JobSettings, *, display: ProgressDisplay | None = No
     display = display or ProgressDisplay(enabled=False)
     if settings.order not in ("input", "completion"):
         raise JobInputError(f"--order must be input or completion, got {settings.order!r}")
+    if settings.max_failures is not None and settings.max_failures < 1:
+        raise JobInputError(
+            f"--max-failures must be at least 1, got {settings.max_failures}. HINT: leave it "
+            "out to let every item run whatever fails."
+        )
     # Bad options, a missing input or an output name we cannot write: refused before
     # the journal exists, so a corrected rerun does not meet an empty job.
     output_format(settings.output)
