@@ -55,6 +55,22 @@ def processor(server: Any, **kw: Any) -> surge.ray.Processor:
     return surge.ray.Processor(**options)
 
 
+def test_an_unreachable_ray_address_or_no_ray_fails_at_once_with_a_hint() -> None:
+    import time
+
+    from surge.ray._processor import connect
+
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="HINT: start one there"):
+        connect("127.0.0.1:1")
+    with pytest.raises(ConnectionError, match="HINT"):
+        connect("ray://127.0.0.1:1")
+    assert time.monotonic() - start < 10
+    if not ray.is_initialized():
+        with pytest.raises(RuntimeError, match=r"HINT: call ray\.init"):
+            surge.Limiter(rpm=10, shared="ray", key="k")
+
+
 def test_three_workers_on_three_nodes_keep_one_limit(cluster: Any) -> None:
     rows = 500
     rpm, burst = 3000, 50  # 50 requests/s; the simulator allows a 1 s burst
@@ -133,3 +149,45 @@ def test_a_rerun_into_the_same_output_asks_only_what_was_not_answered(
     table = ray.data.read_parquet(answers).to_pandas()
     assert sorted(table["prompt"]) == sorted(i["prompt"] for i in items)
     assert table["custom_id"].is_unique
+
+
+def test_a_worker_killed_mid_run_loses_no_row_and_duplicates_none(
+    cluster: Any, tmp_path: Path
+) -> None:
+    marker = tmp_path / "killed"
+
+    def preprocess(row: dict[str, Any]) -> dict[str, Any]:
+        if row["n"] == 150 and not marker.exists():
+            marker.touch()
+            os._exit(1)  # the worker process dies mid-batch, its leases with it
+        return {"messages": [{"role": "user", "content": row["prompt"]}], "max_tokens": 16}
+
+    rows = 300
+    with surge.sim.serve_in_thread(rpm=6000, burst_seconds=1.0) as server:
+        ds = ray.data.from_items(
+            [{"prompt": f"question {i}", "n": i} for i in range(rows)], override_num_blocks=6
+        )
+        out = processor(server, rpm=6000, preprocess=preprocess, batch_size=16)(ds).take_all()
+        stats = server.stats()
+    assert marker.exists()
+    assert sorted(r["n"] for r in out) == list(range(rows))
+    assert all(r["error"] is None for r in out)
+    # Asked again: only rows of the batches the dead worker had in progress.
+    assert rows <= stats["by_status"]["200"] <= rows + 4 * 4 * 16
+
+
+def test_the_readme_example_runs_as_written(
+    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Scale out\n") :]
+    section = section[: section.index("\n## ", 1)]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0]
+    answers = tmp_path / "answers"
+    monkeypatch.setattr(ray, "init", lambda *a, **k: None)  # the cluster is up already
+    exec(compile(code.replace("/tmp/answers", str(answers)), "README.md", "exec"), {})
+    table = ray.data.read_parquet(str(answers)).to_pandas()
+    assert len(table) == 300 and table["error"].isna().all()
+    assert table["text"].str.len().min() > 0

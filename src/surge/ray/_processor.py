@@ -95,6 +95,9 @@ class Processor:
     - `api_key_env`: the environment variable holding the API key, read here on the
       driver (default OPENAI_API_KEY or ANTHROPIC_API_KEY); it reaches the workers
       through Ray's object store, not their arguments.
+    - `address`: the Ray cluster to connect to when this process is not connected yet
+      (`ray.init(address=...)`; default: a local Ray). One that does not answer fails at
+      once with a HINT.
     - `id_column`: the column that identifies a row for `resume_from` (default
       `custom_id`, added as a hash of the row's request when the rows have none).
     """
@@ -121,6 +124,7 @@ class Processor:
         key: str | None = None,
         api_key_env: str | None = None,
         id_column: str | None = None,
+        address: str | None = None,
     ) -> None:
         if provider not in ("openai", "anthropic"):
             raise ValueError(
@@ -163,6 +167,7 @@ class Processor:
         self.key = key or f"{provider}:{redact(base_url or 'default')}"
         self.api_key_env = api_key_env or _KEY_ENV[provider]
         self.id_column = id_column
+        self.address = address
 
     def __call__(self, dataset: Any, *, resume_from: str | None = None) -> Any:
         """A lazy Dataset with the result columns. With `resume_from` (the output a
@@ -172,7 +177,7 @@ class Processor:
         from surge.ray._actor_limiter import ledger_actor
 
         if not ray.is_initialized():
-            ray.init()
+            connect(self.address)
         secret = os.environ.get(self.api_key_env)
         spec = _Spec(
             provider=self.provider,
@@ -203,6 +208,30 @@ class Processor:
             num_cpus=self.num_cpus,
             zero_copy_batch=True,
         )
+
+
+def connect(address: str | None) -> None:
+    """`ray.init(address=...)`, after checking in two seconds that something listens there
+    (Ray itself would retry for a minute before it gave up)."""
+    import socket
+
+    import ray
+
+    if address not in (None, "auto", "local"):
+        target = address.removeprefix("ray://")
+        default = "10001" if address.startswith("ray://") else "6379"
+        host, _, port = target.rpartition(":") if ":" in target else (target, "", default)
+        try:
+            with socket.create_connection((host, int(port)), timeout=2.0):
+                pass
+        except (OSError, ValueError) as error:
+            raise ConnectionError(
+                f"no Ray cluster answers at {address!r} ({type(error).__name__}: {error}). "
+                "HINT: start one there (ray start --head), give its address as HOST:PORT "
+                "(the GCS port, 6379 by default) or ray://HOST:10001, or leave address "
+                "unset for a local Ray."
+            ) from None
+    ray.init(address=address)
 
 
 class _NotAnswered:
