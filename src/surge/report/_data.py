@@ -1,5 +1,9 @@
 """Read a job's journal (read-only) into arrays the plots and the header need.
 
+The report is of the current input, as the output and `surge status` are: rows the
+journal keeps for lines deleted from the input (their answers are kept, not shown) are
+left out of every count and series, attempts included.
+
 Everything is loaded once, as numpy arrays of a few columns, so a million-line job
 costs tens of megabytes and the plots never touch SQLite. Times are wall-clock epoch
 seconds in the journal; here they become seconds since the job's first run started.
@@ -113,6 +117,9 @@ class JobData:
     attempt_times: FloatArray  # `at` of each retried attempt
     attempt_is_429: npt.NDArray[np.bool_]
     runs: list[Run] = field(default_factory=list)
+    left_out: int = 0
+    """Rows the journal keeps for lines no longer in the input: not in any count or
+    series above (nor in the output, nor in `surge status`)."""
 
     @property
     def total(self) -> int:
@@ -220,15 +227,29 @@ def _load(db: sqlite3.Connection, journal: Path) -> JobData:
     tables = _tables(db)
     if "items" not in tables:
         raise JobInputError(f"{journal} has no items table: not a surge journal.")
-    counts = {str(s): int(n) for s, n in db.execute("SELECT state, COUNT(*) FROM items GROUP BY 1")}
-    cached = int(db.execute("SELECT COALESCE(SUM(cached), 0) FROM items").fetchone()[0])
+    # The current input's rows (see surge.jobs.journal); a journal from before
+    # items.present held nothing else.
+    columns = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+    current = "present = 1" if "present" in columns else "1"
+    left_out = 0
+    if "present" in columns:
+        left_out = int(db.execute("SELECT COUNT(*) FROM items WHERE present = 0").fetchone()[0])
+    counts = {
+        str(s): int(n)
+        for s, n in db.execute(f"SELECT state, COUNT(*) FROM items WHERE {current} GROUP BY 1")
+    }
+    cached = int(
+        db.execute(f"SELECT COALESCE(SUM(cached), 0) FROM items WHERE {current}").fetchone()[0]
+    )
     failed_by_reason = {
         str(reason): int(n)
         for reason, n in db.execute(
             "SELECT COALESCE(error_code, 'unknown'), COUNT(*) FROM items "
-            "WHERE state IN ('failed', 'invalid') GROUP BY 1 ORDER BY 2 DESC, 1"
+            f"WHERE state IN ('failed', 'invalid') AND {current} GROUP BY 1 ORDER BY 2 DESC, 1"
         )
     }
+    # Attempts of the current input's rows only.
+    of_current = "custom_id IN (SELECT custom_id FROM items WHERE present = 1)" if left_out else "1"
     limits = _run_limits(db) if "meta" in tables else {}
     runs_raw: list[tuple[float, float | None, dict[str, Any], str | None, dict[str, Any]]] = []
     if "runs" in tables:
@@ -243,31 +264,36 @@ def _load(db: sqlite3.Connection, journal: Path) -> JobData:
         retried_by_reason = {
             str(kind): int(n)
             for kind, n in db.execute(
-                "SELECT kind, COUNT(*) FROM attempts GROUP BY 1 ORDER BY 2 DESC, 1"
+                f"SELECT kind, COUNT(*) FROM attempts WHERE {of_current} "
+                "GROUP BY 1 ORDER BY 2 DESC, 1"
             )
         }
 
     # The origin is the first run's start, else the first thing that happened; the
     # span runs to the last thing that happened.
     first, last = db.execute(
-        "SELECT MIN(COALESCE(started_at, finished_at)), MAX(finished_at) FROM items"
+        f"SELECT MIN(COALESCE(started_at, finished_at)), MAX(finished_at) FROM items WHERE {current}"
     ).fetchone()
     bounds = [first, last]
     for started, ended, *_ in runs_raw:
         bounds += [started, ended]
     if has_attempts:
-        bounds += list(db.execute("SELECT MIN(at), MAX(at) FROM attempts").fetchone())
+        bounds += list(
+            db.execute(f"SELECT MIN(at), MAX(at) FROM attempts WHERE {of_current}").fetchone()
+        )
     known = [float(b) for b in bounds if b is not None]
     origin = float(runs_raw[0][0]) if runs_raw else min(known, default=0.0)
     origin = min([origin, *known])
     span = max(known, default=origin) - origin
 
-    live = "finished_at IS NOT NULL AND NOT cached"
+    live = f"{current} AND finished_at IS NOT NULL AND NOT cached"
     answered = f"{live} AND latency IS NOT NULL ORDER BY seq"
     timed = f"{live} AND started_at IS NOT NULL ORDER BY started_at, seq"
-    tokens = "finished_at IS NOT NULL AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL)"
-    tokens += " ORDER BY finished_at, seq"
-    attempts_sql = "SELECT {} FROM attempts ORDER BY at"
+    tokens = f"{current} AND finished_at IS NOT NULL"
+    tokens += (
+        " AND (input_tokens IS NOT NULL OR output_tokens IS NOT NULL) ORDER BY finished_at, seq"
+    )
+    attempts_sql = f"SELECT {{}} FROM attempts WHERE {of_current} ORDER BY at"
     return JobData(
         journal=journal,
         origin=origin,
@@ -276,7 +302,9 @@ def _load(db: sqlite3.Connection, journal: Path) -> JobData:
         cached=cached,
         failed_by_reason=failed_by_reason,
         retried_by_reason=retried_by_reason,
-        finished=_floats(db, "SELECT finished_at FROM items WHERE finished_at IS NOT NULL")
+        finished=_floats(
+            db, f"SELECT finished_at FROM items WHERE {current} AND finished_at IS NOT NULL"
+        )
         - origin,
         starts=_floats(db, f"SELECT started_at FROM items WHERE {timed}") - origin,
         ends=_floats(db, f"SELECT finished_at FROM items WHERE {timed}") - origin,
@@ -306,6 +334,7 @@ def _load(db: sqlite3.Connection, journal: Path) -> JobData:
             )
             for s, e, st, o, lim in runs_raw
         ],
+        left_out=left_out,
     )
 
 
