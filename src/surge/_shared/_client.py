@@ -103,6 +103,7 @@ class LeaseClient:
         self._need: dict[str, float] = {}
         self._corrections: dict[str, float] = {}
         self._learned: dict[str, float] = {}
+        self._sent_at = -math.inf
         self._pause = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: Callable[[], None] = lambda: None
@@ -191,9 +192,13 @@ class LeaseClient:
     def correct(self, name: str, remaining: float, *, learned: bool = False) -> None:
         if learned:
             self._learned[name] = remaining
-        else:
-            self._corrections[name] = min(self._corrections.get(name, math.inf), remaining)
-        self._start_soon()
+            self._start_soon()
+            return
+        self._corrections[name] = min(self._corrections.get(name, math.inf), remaining)
+        # At a binding limit most answers say little is left: say so with the next
+        # exchange, and ask for one just for this at most every half lease.
+        if self._loop is not None and self._loop.time() - self._sent_at >= self._lease_seconds / 2:
+            self._start_soon()
 
     def pause(self, seconds: float) -> None:
         self._pause = max(self._pause, seconds)
@@ -277,7 +282,7 @@ class LeaseClient:
     async def _exchange(self) -> None:
         assert self._loop is not None
         loop = self._loop
-        sent_at = loop.time()
+        sent_at = self._sent_at = loop.time()
         request = self._request()
         needed = dict(self._need)  # what calls wait for, before the half-lease minimum
         self._corrections.clear()
