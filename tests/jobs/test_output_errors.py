@@ -87,6 +87,25 @@ def test_a_full_disk_leaves_the_previous_output_and_a_rerun_rebuilds_it(
         journal.close()
 
 
+def test_a_full_disk_on_the_first_run_claims_no_previous_output(
+    sim: surge.sim.SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_batch(tmp_path / "in.jsonl", 3)
+    output = tmp_path / "out.jsonl"
+    args = ["run", str(source), "-o", str(output), "--base-url", sim.url, "--no-progress"]
+    with monkeypatch.context() as patch:
+        fill_the_disk(patch)
+        full = cli(*args)
+    assert full.exit_code == 2, full.output
+    message = " ".join(full.stderr.split())
+    assert f"{output}: no space left to write it" in message and "HINT:" in message
+    assert "previous" not in message
+    assert not output.exists() and not list(tmp_path.glob("*.tmp"))
+    rerun = cli(*args)
+    assert rerun.exit_code == 0, rerun.output
+    assert len(read_jsonl(output)) == 3 and sim.stats()["requests"] == 3
+
+
 def test_an_unwritable_errors_file_is_named_too(
     sim: surge.sim.SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

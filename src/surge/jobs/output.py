@@ -76,20 +76,19 @@ class OutputError(JobInputError):
 
 def _unwritable(path: Path, journal: Path, exc: OSError) -> OutputError:
     reason = exc.strerror or str(exc)
+    kept = f"; the previous {path.name} is left as it was" if path.exists() else ""
     rerun = (
         "rerun the same command: it rebuilds the output from the journal without asking "
         "again for any answer it holds."
     )
     if exc.errno in _NO_SPACE:
         return OutputError(
-            f"{path}: no space left to write it ({reason}); the previous {path.name} is "
-            f"left as it was. HINT: every result is in the journal {journal}; free some "
-            f"disk space, then {rerun}"
+            f"{path}: no space left to write it ({reason}){kept}. HINT: every result is in "
+            f"the journal {journal}; free some disk space, then {rerun}"
         )
     return OutputError(
-        f"{path}: cannot write it ({reason}); the previous {path.name} is left as it was. "
-        f"HINT: every result is in the journal {journal}; fix that (the folder, its "
-        f"permissions), or pass -o elsewhere, then {rerun}"
+        f"{path}: cannot write it ({reason}){kept}. HINT: every result is in the journal "
+        f"{journal}; fix that (the folder, its permissions), then {rerun}"
     )
 
 
