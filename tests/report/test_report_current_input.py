@@ -16,6 +16,7 @@ import surge.sim
 from surge.cli import app
 from surge.jobs import JobSettings, Journal, run_job
 from surge.report import build_report, load_job
+from surge.report._html import header_rows
 
 
 def test_a_line_deleted_from_the_input_leaves_the_report_as_it_leaves_the_output(
@@ -49,6 +50,7 @@ def test_a_line_deleted_from_the_input_leaves_the_report_as_it_leaves_the_output
     assert data.failed_by_reason == status["failed_by_reason"] == {}
     assert data.cached == status["cached"] == 0
     assert data.left_out == 2
+    assert dict(header_rows(data))["left out"].startswith("2 earlier answers")
     assert data.finished.size == data.answered.size == data.token_times.size == 7
     assert float(data.cost.sum()) == pytest.approx(status["cost_usd"], abs=1e-6)
     assert int(data.input_tokens.sum()) == status["input_tokens"]

@@ -112,7 +112,7 @@ def header_rows(data: JobData) -> list[tuple[str, str]]:
         )
     retried = int(data.attempt_times.size)
     limited = int(data.attempt_is_429.sum())
-    return [
+    rows = [
         ("job", job),
         ("journal", journal),
         ("input", str(settings.get("input") or "unknown")),
@@ -131,6 +131,12 @@ def header_rows(data: JobData) -> list[tuple[str, str]]:
         ("tokens in / out", f"{tokens_in:,} / {tokens_out:,}"),
         ("cost", usd(float(data.cost.sum())) + per_minute),
     ]
+    if data.left_out:
+        rows.insert(
+            rows.index(("items", f"{data.total:,}")) + 1,
+            ("left out", f"{data.left_out:,} earlier answers for lines no longer in the input"),
+        )
+    return rows
 
 
 def _runs_table(data: JobData) -> str:
