@@ -13,7 +13,6 @@ Every worker leases its share of the limit from one named actor (`shared="ray"` 
 `surge.Limiter` terms), so the workers together keep to the key's RPM/TPM.
 """
 
-from surge.ray._actor_limiter import RayStore, ledger_actor
 from surge.ray._processor import RESULT_COLUMNS, Processor, answered_ids
 
-__all__ = ["RESULT_COLUMNS", "Processor", "RayStore", "answered_ids", "ledger_actor"]
+__all__ = ["RESULT_COLUMNS", "Processor", "answered_ids"]
