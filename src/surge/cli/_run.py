@@ -67,6 +67,13 @@ def run(
     shared_key: str | None = typer.Option(
         None, "--shared-key", help="Name of the shared limit (default: provider and base URL)."
     ),
+    ray: bool = typer.Option(
+        False, "--ray", help="Send the requests from Ray workers (a local Ray unless --ray-address)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster for --ray: HOST:PORT, ray://HOST:10001 or auto."
+    ),
+    ray_workers: int = typer.Option(2, "--ray-workers", help="Ray workers sending for --ray."),
     max_retries: int = typer.Option(5, help="Retries per request after the first attempt."),
     timeout: float = typer.Option(300.0, help="Seconds per attempt."),
     order: str = typer.Option("input", help="Output order: input or completion."),
@@ -129,6 +136,7 @@ def run(
         id_column=id_column, defaults=_parse_param(param), provider=provider, base_url=base_url,
         api_key_env=api_key_env, concurrency=concurrency, rpm=rpm, tpm=tpm, itpm=itpm, otpm=otpm, max_retries=max_retries,
         shared_limit=shared_limit, shared_key=shared_key,
+        ray=ray or ray_address is not None, ray_address=ray_address, ray_workers=ray_workers,
         timeout=timeout, order=order, max_cost=max_cost, max_failures=max_failures, dry_run=dry_run,
         cache=not no_cache, prices=str(prices) if prices else None, embed_batch=embed_batch,
         retry_failed=retry_failed, overwrite=overwrite, recover=recover,

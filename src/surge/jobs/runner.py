@@ -80,6 +80,10 @@ class JobSettings:
     shared_limit: str | None = None
     """A store whose limit this job shares with other processes (redis://...)."""
     shared_key: str | None = None
+    ray: bool = False
+    """Send the calls from Ray workers (`ray_workers` actors) on `ray_address`."""
+    ray_address: str | None = None
+    ray_workers: int = 2
     max_retries: int = 5
     timeout: float | None = 300.0
     order: str = "input"
@@ -414,10 +418,19 @@ class _Job:
         """Before anything is sent: a provider that cannot be built is bad input (exit 2)."""
         s = self.settings
         try:
-            self.provider = make_provider(
-                s.provider, base_url=s.base_url, api_key=self.api_key, max_connections=s.concurrency
-            )
-        except (ImportError, ValueError) as exc:
+            if s.ray:
+                from surge.ray._fanout import RayProvider
+
+                self.provider = RayProvider(
+                    s.provider, base_url=s.base_url, api_key=self.api_key,
+                    max_connections=s.concurrency, workers=s.ray_workers, address=s.ray_address,
+                )  # fmt: skip
+            else:
+                self.provider = make_provider(
+                    s.provider, base_url=s.base_url, api_key=self.api_key,
+                    max_connections=s.concurrency,
+                )  # fmt: skip
+        except (ImportError, ValueError, ConnectionError, RuntimeError) as exc:
             raise JobInputError(str(exc)) from None
 
     async def execute(self) -> tuple[str, str | None, RunStatistics | None]:
