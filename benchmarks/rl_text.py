@@ -51,6 +51,7 @@ class Run:
     name: str
     seed: int
     walls: list[float] = field(default_factory=list)  # at each evaluation point
+    steps: list[int] = field(default_factory=list)  # policy version at each evaluation point
     accuracy: list[float] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)  # per step, batch mean
     lag_max: int = 0
@@ -64,6 +65,13 @@ class Run:
         for wall, acc in zip(self.walls[1:], self.accuracy[1:], strict=True):
             if acc >= target:
                 return wall
+        return None
+
+    def steps_to(self, target: float) -> int | None:
+        """Optimizer steps to the first evaluation at or above ``target``."""
+        for step, acc in zip(self.steps[1:], self.accuracy[1:], strict=True):
+            if acc >= target:
+                return step
         return None
 
     def final(self) -> float:
@@ -137,7 +145,9 @@ def run_seed(seed: int, names: list[str], args: argparse.Namespace) -> list[Run]
             trainer.model.load_state_dict(warm)
             trainer.reset_reference()
             run = Run(name, seed)
-            snapshots: list[tuple[float, dict[str, torch.Tensor]]] = [(0.0, copy.deepcopy(warm))]
+            snapshots: list[tuple[float, int, dict[str, torch.Tensor]]] = [
+                (0.0, 0, copy.deepcopy(warm))
+            ]
             for s in trainer.run(args.steps):
                 run.rewards.append(s.reward_mean)
                 run.lag_max = max(run.lag_max, s.lag_max)
@@ -145,11 +155,12 @@ def run_seed(seed: int, names: list[str], args: argparse.Namespace) -> list[Run]
                 run.ess.append(s.ess)
                 if s.version % args.eval_every == 0 or s.version == args.steps:
                     state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-                    snapshots.append((s.wall_seconds, state))
+                    snapshots.append((s.wall_seconds, s.version, state))
             run.seconds_per_step = snapshots[-1][0] / args.steps
-            for wall, state in snapshots:  # evaluated after the clock stopped
+            for wall, step, state in snapshots:  # evaluated after the clock stopped
                 trainer.model.load_state_dict(state)
                 run.walls.append(wall)
+                run.steps.append(step)
                 run.accuracy.append(evaluate(trainer.model, held_out)["eval_accuracy"])
             runs.append(run)
             ttt = run.time_to(args.target)
@@ -197,7 +208,14 @@ def main() -> None:
     )
     p.add_argument("--is-cap", type=float, default=2.0, help="truncation of importance weights")
     p.add_argument("--only", nargs="*", default=None, help="substrings of config names")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None, help="write every run here")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the table of runs saved with --json (several files: their seeds together)",
+    )
     args = p.parse_args()
 
     if args.target <= 0:
@@ -205,23 +223,38 @@ def main() -> None:
     names = [n for n in configs() if not args.only or any(o in n for o in args.only)]
     load_at_start = os.getloadavg()[0]
     runs: dict[str, list[Run]] = {n: [] for n in names}
-    for seed in args.seeds:  # configs interleaved per seed: machine noise hits them alike
-        for run in run_seed(seed, names, args):
+    if args.from_json:
+        for path in args.from_json:
+            for name, saved in json.loads(path.read_text()).items():
+                runs.setdefault(name, []).extend(Run(**d) for d in saved)
+        names = [n for n in runs if runs[n]]
+        runs = {n: runs[n] for n in names}
+        args.seeds = sorted({r.seed for rs in runs.values() for r in rs})
+    for seed in [] if args.from_json else args.seeds:  # configs interleaved per seed
+        for run in run_seed(seed, names, args):  # so machine noise hits them alike
             runs[run.name].append(run)
 
+    # Median time to target over every seed, a seed that never reached it counting as
+    # infinitely slow (a censored median): defined while more than half the seeds reach
+    # the target, and it does not flatter a setup by dropping the seeds it lost.
     medians: dict[str, float | None] = {}
     for name, rs in runs.items():
-        reached = [t for t in (r.time_to(args.target) for r in rs) if t is not None]
-        medians[name] = statistics.median(reached) if len(reached) == len(rs) else None
+        all_times = [
+            t if t is not None else float("inf") for t in (r.time_to(args.target) for r in rs)
+        ]
+        median = statistics.median(all_times)
+        medians[name] = median if median != float("inf") else None
     syncs = [n for n in names if n.startswith("sync") and medians[n] is not None]
     best = min(syncs, key=lambda n: medians[n] or 0.0) if syncs else None
     print(
-        f"| config | s/step | acc at start | final acc | time to {args.target} | "
-        f"reached | speed-up vs {best or 'best sync'} | lag max | ESS median | ESS min |"
+        f"| config | s/step | acc at start | final acc | time to {args.target} (reached) | "
+        f"steps to {args.target} | reached | median time, never = inf | speed-up vs {best or 'best sync'} | lag max | ESS median | ESS min |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, rs in runs.items():
         times = [t for t in (r.time_to(args.target) for r in rs) if t is not None]
+        steps = [n for n in (r.steps_to(args.target) for r in rs) if n is not None]
+        steps_text = f"{statistics.median(steps):.0f} [{min(steps)}-{max(steps)}]" if steps else "-"
         speedup = "-"
         if best is not None and medians[name] is not None:
             base = medians[best]
@@ -230,17 +263,23 @@ def main() -> None:
         print(
             f"| {name} | {_spread([r.seconds_per_step for r in rs])} | "
             f"{_spread([r.accuracy[0] for r in rs])} | {_spread([r.final() for r in rs])} | "
-            f"{_spread(times)} s | {len(times)}/{len(rs)} | {speedup} | "
+            f"{_spread(times)} s | {steps_text} | {len(times)}/{len(rs)} | "
+            f"{'-' if medians[name] is None else f'{medians[name]:.2f} s'} | {speedup} | "
             f"{max(r.lag_max for r in rs)} | "
             f"{statistics.median(statistics.median(r.ess) for r in rs):.3f} | "
             f"{min(r.ess_min for r in rs):.3f} |"
         )
     print(
-        f"\nmedian [min-max] over seeds {args.seeds}; time to target over the seeds that "
-        f"reached it ('reached'), speed-up only where all did. {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch "
-        f"{torch.__version__}, load average {load_at_start:.2f} at the start, "
-        f"{os.getloadavg()[0]:.2f} at the end (1-minute)."
+        f"\nmedian [min-max] over seeds {args.seeds}; time and steps to target over the "
+        f"seeds that reached it ('reached'); speed-up from the medians over all seeds, a "
+        f"seed that never reached the target counted as infinitely slow. {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}"
+        + (
+            "."
+            if args.from_json
+            else f", load average {load_at_start:.2f} at the start, "
+            f"{os.getloadavg()[0]:.2f} at the end (1-minute)."
+        )
     )
     print("command: python " + " ".join(sys.argv))
     if args.json is not None:
