@@ -197,10 +197,15 @@ def test_anthropic_messages_and_embeddings_rows(cluster: Any) -> None:
     with surge.sim.serve_in_thread() as server:
         claude = processor(server, provider="anthropic", model="claude-3-5-haiku-latest")
         messages = claude(ray.data.from_items([{"prompt": "hello"}, {"prompt": "bye"}])).take_all()
-        embed = processor(server, endpoint="embeddings", model="sim-embed")
+        embed = processor(
+            server,
+            endpoint="embeddings",
+            model="sim-embed",
+            postprocess=lambda row: {"dims": len(row["response"]["data"][0]["embedding"])},
+        )
         vectors = embed(ray.data.from_items([{"prompt": "a"}, {"prompt": "b"}])).take_all()
     assert all(r["error"] is None and r["text"] for r in messages)
     assert all(r["usage"]["input_tokens"] > 0 for r in messages)
     for row in vectors:
         assert row["error"] is None and row["text"] is None
-        assert len(json.loads(row["response"])["data"][0]["embedding"]) > 0
+        assert row["dims"] == len(json.loads(row["response"])["data"][0]["embedding"]) > 0
