@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ from surge._shared import redact
 from surge.jobs.output import _reply_text
 from surge.jobs.tokens import estimate_input_tokens, max_output_tokens
 from surge.providers import make_provider, scrub
+from surge.ray._progress import Counts, Watcher, progress_actor
 
 Row = dict[str, Any]
 
@@ -72,6 +75,7 @@ class _Spec:
     key: str
     ledger: Any
     id_column: str | None
+    progress: Any = None  # the job's progress actor, or None
 
 
 class Processor:
@@ -100,6 +104,11 @@ class Processor:
       once with a HINT.
     - `id_column`: the column that identifies a row for `resume_from` (default
       `custom_id`, added as a hash of the row's request when the rows have none).
+    - `progress`: one line for the whole job on stderr (rows finished/total, req/s,
+      tok/s, 429s, ETA), fed by the workers once per batch. Default: on where stderr
+      is a terminal; `True` also logs a line every few seconds elsewhere; `False`: off.
+      Ray Data draws its own per-operator bars beside it unless
+      `DataContext.enable_progress_bars` is off.
     """
 
     def __init__(
@@ -125,6 +134,7 @@ class Processor:
         api_key_env: str | None = None,
         id_column: str | None = None,
         address: str | None = None,
+        progress: bool | None = None,
     ) -> None:
         if provider not in ("openai", "anthropic"):
             raise ValueError(
@@ -168,6 +178,8 @@ class Processor:
         self.api_key_env = api_key_env or _KEY_ENV[provider]
         self.id_column = id_column
         self.address = address
+        self.progress = sys.stderr.isatty() if progress is None else bool(progress)
+        self._watcher: Watcher | None = None
 
     def __call__(self, dataset: Any, *, resume_from: str | None = None) -> Any:
         """A lazy Dataset with the result columns. With `resume_from` (the output a
@@ -194,11 +206,19 @@ class Processor:
             key=self.key,
             ledger=ledger_actor(),  # created here, so the driver owns it
             id_column=self.id_column,
+            progress=progress_actor() if self.progress else None,
         )
+        total = _known_count(dataset)
         if resume_from is not None:
             answered = answered_ids(resume_from, self.id_column or "custom_id")
             if answered:
                 dataset = dataset.filter(_NotAnswered(ray.put(answered), spec))
+                total = None  # how many rows the filter leaves is known only after it
+        if self._watcher is not None:
+            self._watcher.stop()  # one line at a time: the newest job's
+        self._watcher = None
+        if spec.progress is not None:
+            self._watcher = Watcher(spec.progress, total=total).start()
         return dataset.map_batches(
             _Worker,
             fn_constructor_args=(spec,),
@@ -208,6 +228,16 @@ class Processor:
             num_cpus=self.num_cpus,
             zero_copy_batch=True,
         )
+
+
+def _known_count(dataset: Any) -> int | None:
+    """The Dataset's row count where Ray knows it without running anything (from its
+    metadata: items, Parquet footers), else None."""
+    try:
+        count = dataset._meta_count()
+    except Exception:  # a private method: gone in some Ray, or not answerable
+        return None
+    return count if isinstance(count, int) else None
 
 
 def connect(address: str | None) -> None:
@@ -330,6 +360,8 @@ class _Worker:
         self._api_key: str | None = ray.get(spec.secret[0]).reveal() if spec.secret else None
         self._limiter: surge.Limiter | None = None
         self._provider: Any = None
+        self._started: float | None = None  # wall clock at the first batch, for progress
+        self._429s_reported = 0
 
     def _open(self) -> tuple[surge.Limiter, Any]:
         if self._limiter is None:
@@ -360,6 +392,8 @@ class _Worker:
         import pyarrow as pa
 
         limiter, provider = self._open()
+        if self._started is None:
+            self._started = time.time()
         rows: list[Row] = batch.to_pylist()
         bodies: list[dict[str, Any] | None] = []
         errors: list[str | None] = []
@@ -400,6 +434,7 @@ class _Worker:
             else:
                 reason = result.failure.reason if result.failure is not None else result.status
                 errors[i] = f"{reason}: {self._scrub(str(result.error))}"
+        self._report(errors, usages, limiter)
         texts = [_reply_text(body)[0] for body in responses]
         added = {
             "response": pa.array(
@@ -424,6 +459,24 @@ class _Worker:
         if self.spec.postprocess is None:
             return table
         return pa.Table.from_pylist(self._postprocess(table.to_pylist(), responses))
+
+    def _report(
+        self, errors: list[str | None], usages: list[dict[str, int | None]], limiter: Any
+    ) -> None:
+        """This batch's counts to the job's progress actor: one call per batch, not
+        awaited (the batch does not wait on the display)."""
+        if self.spec.progress is None:
+            return
+        seen_429s = limiter.statistics().rate_limited
+        failed = sum(error is not None for error in errors)
+        counts = Counts(
+            done=len(errors) - failed,
+            failed=failed,
+            tokens=sum((u["input_tokens"] or 0) + (u["output_tokens"] or 0) for u in usages),
+            rate_limited=seen_429s - self._429s_reported,
+        )
+        self._429s_reported = seen_429s
+        self.spec.progress.add.remote(counts, self._started)
 
     def _postprocess(self, rows: list[Row], responses: list[Any]) -> list[Row]:
         assert self.spec.postprocess is not None

@@ -1,0 +1,145 @@
+"""One progress line for a whole cluster job: `surge.ray.Processor` and `surge run --ray`.
+
+One local Ray (2 CPUs) serves the module; the simulator runs on a thread of this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data", reason="surge.ray needs ray[data] (pip install 'surge[ray]')")
+
+import surge.ray  # noqa: E402
+import surge.sim  # noqa: E402
+from surge.jobs.progress import ProgressDisplay, Snapshot  # noqa: E402
+from surge.ray._progress import ClusterDisplay, cluster_line  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def snapshot(**changes: Any) -> Snapshot:
+    values: dict[str, Any] = {
+        "done": 1234, "total": 10_000, "failed": 6, "in_flight": 0, "retries": 0,
+        "rate_limited": 3, "tokens": 246_800, "cost": None, "elapsed": 24.68,
+    }  # fmt: skip
+    return Snapshot(**{**values, **changes})
+
+
+def test_the_cluster_line_at_80_columns_shows_rows_done_of_total_and_eta() -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, width=80, record=True, force_terminal=True, color_system=None)
+    with ClusterDisplay(console=console) as display:
+        display.update(snapshot())
+    # The live display erases its line before each frame: the last frame is what stays.
+    line = screen.getvalue().split("\x1b[2K")[-1].replace("\x1b[?25h", "").rstrip("\n")
+    assert "\n" not in line and len(line) <= 80, repr(line)
+    assert "1,240/10,000" in line  # answered and failed rows both finished
+    assert "ETA 2m55s" in line  # 8,760 rows left at 50.0 rows/s
+    assert "429s 3 failed 6" in line and "50.0 req/s" in line and "10,000 tok/s" in line
+
+
+def test_the_log_line_has_rates_and_says_so_when_the_total_is_unknown() -> None:
+    line = cluster_line(snapshot())
+    assert line.startswith("1,240/10,000 rows | 50.0 req/s | 10,000 tok/s | 429s 3")
+    assert line.endswith("failed 6 | ETA 2m55s")
+    assert cluster_line(snapshot(total=0)).endswith("ETA ?")
+    assert cluster_line(snapshot(total=0)).startswith("1,240/? rows")
+
+
+def test_processor_workers_counts_add_up_to_the_rows_in_one_line(
+    local_ray: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = 90
+
+    def preprocess(row: dict[str, Any]) -> dict[str, Any]:
+        if row["n"] % 30 == 7:
+            raise ValueError("a bad row")
+        return {"messages": [{"role": "user", "content": f"Q{row['n']}"}], "max_tokens": 20}
+
+    with surge.sim.serve_in_thread(rpm=6000) as server:
+        processor = surge.ray.Processor(
+            base_url=server.url, model="sim-small", workers=2, concurrency_per_worker=8,
+            batch_size=10, num_cpus=0.25, preprocess=preprocess, progress=True,
+            key=f"progress-{server.url}",
+        )  # fmt: skip
+        ds = ray.data.from_items([{"n": i} for i in range(rows)], override_num_blocks=3)
+        out = processor(ds).take_all()
+        watcher = processor._watcher
+        assert watcher is not None and watcher.total == rows
+        assert watcher.join(timeout=30), "the display never saw every row"
+        stats = server.stats()
+    counts = watcher.counts
+    assert len(out) == rows
+    assert counts.done == sum(r["error"] is None for r in out) == rows - 3
+    assert counts.failed == 3
+    assert counts.tokens == sum(
+        r["usage"]["input_tokens"] + r["usage"]["output_tokens"] for r in out if r["error"] is None
+    )
+    assert counts.tokens > 0
+    assert counts.rate_limited == stats["by_status"].get("429", 0)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[surge")]
+    assert lines and all(line.startswith("[surge.ray] ") for line in lines)
+    assert lines[-1].startswith(f"[surge.ray] {rows}/{rows} rows")  # one line, all workers
+
+
+def test_processor_progress_false_starts_no_actor_and_a_filter_hides_the_total(
+    local_ray: None, tmp_path: Path
+) -> None:
+    with surge.sim.serve_in_thread() as server:
+        quiet = surge.ray.Processor(base_url=server.url, model="sim-small", progress=False)
+        quiet(ray.data.from_items([{"prompt": "hi"}]))
+        assert quiet._watcher is None
+        first = surge.ray.Processor(base_url=server.url, model="sim-small", progress=False)
+        first(ray.data.from_items([{"prompt": "a"}])).write_parquet(str(tmp_path / "out"))
+        resumed = surge.ray.Processor(
+            base_url=server.url, model="sim-small", progress=True, workers=1
+        )
+        items = ray.data.from_items([{"prompt": "a"}, {"prompt": "b"}])
+        assert len(resumed(items, resume_from=str(tmp_path / "out")).take_all()) == 1
+        assert resumed._watcher is not None and resumed._watcher.total is None
+        resumed._watcher.stop()
+        assert resumed._watcher.join(timeout=5)
+
+
+def test_surge_run_ray_has_one_progress_line_fed_by_the_job_not_the_workers(
+    local_ray: None, tmp_path: Path
+) -> None:
+    from surge.jobs.runner import JobSettings, run_job
+
+    source = tmp_path / "in.jsonl"
+    with source.open("w") as handle:
+        for i in range(30):
+            body = {"model": "sim-small", "messages": [{"role": "user", "content": f"Q{i}"}]}
+            line = {"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions"}
+            handle.write(json.dumps({**line, "body": body}) + "\n")
+    log = io.StringIO()
+    with surge.sim.serve_in_thread() as server:
+        settings = JobSettings(
+            input=str(source), output=str(tmp_path / "out.jsonl"), base_url=server.url,
+            ray=True, ray_workers=2, cache=False,
+        )  # fmt: skip
+        report = asyncio.run(run_job(settings, display=ProgressDisplay(stream=log, interval=0.0)))
+        assert server.stats()["by_status"] == {"200": 30}
+    assert report.summary.done == 30
+    lines = log.getvalue().splitlines()
+    assert lines and all(line.startswith("[surge] ") for line in lines), lines
+    assert "30/30 finished" in lines[-1], lines
