@@ -74,11 +74,11 @@ class RLConfig:
     importance weights are 1.
 
     - ``gradient_checkpointing`` (TRL's name): recompute activations in the backward
-      pass instead of keeping them (less memory, about a third more compute). The
+      pass instead of keeping them (less memory, one more forward pass per layer). The
       model must have ``gradient_checkpointing_enable()`` (:class:`HFCausalLM` does).
       transformers checkpoints only in train mode, so the trainer then sets every
       dropout probability to 0 and computes log-probabilities in train mode: still
-      exactly the generator's, so on-policy importance weights stay 1.
+      equal to the generator's, so on-policy importance weights stay 1.
 
     Placement:
 
