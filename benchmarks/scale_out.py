@@ -7,7 +7,12 @@ Runs, each on a fresh simulator at the same binding limit (RPM with a burst of
 - ray-llm-split / ray-llm-full: Ray Data LLM's HttpRequestProcessorConfig with
   qps = limit / workers and qps = limit (per worker), max_retries=3;
 - surge-run-redis: --workers `surge run --shared-limit redis://...` processes, each on
-  its slice of the rows, sharing one limit through a redis-server started here.
+  its slice of the rows, sharing one limit through a redis-server started here;
+- litellm-redis: --workers processes of LiteLLM's Router (benchmarks/peers/
+  litellm_driver.py in the venv benchmarks/peers/setup.sh makes under --peers-dir), each
+  on its slice, the deployment's rpm = the limit, usage shared through a redis-server
+  on loopback (the Router's redis_host/redis_port); each process's clock starts after
+  its imports.
 Then the per-call cost of the limiter itself (acquire + release, µs) with no store,
 with the in-process ledger and with Redis, at a limit that never binds.
 
@@ -204,6 +209,83 @@ def run_surge_run_redis(args: argparse.Namespace) -> dict[str, Any]:
     return row_of("surge-run-redis", stats, wall, args, answered)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def run_litellm_redis(args: argparse.Namespace) -> dict[str, Any] | None:
+    python = Path(args.peers_dir) / "litellm-venv" / "bin" / "python"
+    if not python.exists():
+        print(f"skipping litellm-redis: no {python} (run benchmarks/peers/setup.sh)")
+        return None
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not installed: apt-get install -y redis-server")
+    folder = Path(tempfile.mkdtemp(prefix="surge-scale-out-litellm-"))
+    port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    driver = Path(__file__).parent / "peers" / "litellm_driver.py"
+    share = -(-args.requests // args.workers)
+    jobs: list[subprocess.Popen[str]] = []
+    try:
+        import redis as redis_client
+
+        client = redis_client.Redis(host="127.0.0.1", port=port)
+        for _ in range(250):
+            try:
+                client.ping()
+                break
+            except redis_client.ConnectionError:
+                time.sleep(0.02)
+        with surge.sim.serve_in_thread(rpm=args.rpm, burst_seconds=args.burst, seed=1) as server:
+            for w in range(args.workers):
+                n = min(share, args.requests - w * share)
+                command = [
+                    str(python), str(driver), "--base-url", "-", "--requests", str(n),
+                    "--rpm", str(int(args.rpm)), "--tpm", "1000000000", "--offset", str(w * share),
+                    "--redis-host", "127.0.0.1", "--redis-port", str(port),
+                ]  # fmt: skip
+                job = subprocess.Popen(
+                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL, text=True,
+                )  # fmt: skip
+                jobs.append(job)
+            for job in jobs:  # every process has imported litellm: start the clocks
+                assert job.stdout is not None
+                if job.stdout.readline().strip() != "ready":
+                    raise SystemExit("litellm_driver.py did not start (see its venv)")
+            start = time.monotonic()
+            for job in jobs:
+                assert job.stdin is not None
+                job.stdin.write(server.url + "\n")
+                job.stdin.flush()
+            outputs = [json.loads(job.communicate()[0].strip().splitlines()[-1]) for job in jobs]
+            wall = time.monotonic() - start
+            stats = server.stats()
+        keys = sorted(k.decode() for k in client.keys())  # the Router's shared usage counters
+    finally:
+        for job in jobs:
+            if job.poll() is None:
+                job.kill()
+        redis.terminate()
+        redis.wait()
+    answered = sum(out["ok"] for out in outputs)
+    errors: dict[str, int] = {}
+    for out in outputs:
+        for name, count in out["errors"].items():
+            errors[name] = errors.get(name, 0) + count
+    print(f"litellm-redis: Redis holds {keys[:4]} after the run; failed calls {errors}")
+    return row_of("litellm-redis", stats, wall, args, answered)
+
+
 def overhead(calls: int = 20_000) -> list[tuple[str, float, float]]:
     """µs per acquire + release, and exchanges with the store per 1,000 calls."""
     from surge._shared import MemoryStore
@@ -267,8 +349,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64, help="per worker")
     parser.add_argument(
-        "--runs", default="surge-ray,ray-llm-split,ray-llm-full,surge-run-redis,overhead"
+        "--runs",
+        default="surge-ray,ray-llm-split,ray-llm-full,surge-run-redis,litellm-redis,overhead",
     )
+    parser.add_argument(
+        "--peers-dir", default=os.environ.get("SURGE_PEERS_DIR", ".peers"),
+        help="venvs made by benchmarks/peers/setup.sh (litellm-redis is skipped without one)",
+    )  # fmt: skip
     args = parser.parse_args()
     runs = args.runs.split(",")
     rows = []
@@ -285,6 +372,8 @@ def main() -> None:
                 rows.append(run_ray_llm(args, args.rpm / 60, name))
             elif name == "surge-run-redis":
                 rows.append(run_surge_run_redis(args))
+            elif name == "litellm-redis" and (row := run_litellm_redis(args)) is not None:
+                rows.append(row)
             if rows:
                 print(json.dumps(rows[-1]), flush=True)
     finally:

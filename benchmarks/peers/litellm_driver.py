@@ -15,6 +15,12 @@ again (with 5, a third of 300 requests failed with "no deployments available").
 call rate-limit aware. Every request goes through ``router.acompletion`` under one
 ``asyncio.gather``.
 
+With ``--redis-host``/``--redis-port`` the Router counts its deployment's usage in
+Redis (LiteLLM's ``redis_host``/``redis_port`` Router arguments, as in its
+"Multi-Instance TPM/RPM" docs), so several driver processes share one rpm/tpm;
+``--offset`` numbers this process's prompts after the others' (for
+benchmarks/scale_out.py, which starts several).
+
 With ``--base-url -`` the driver imports everything, prints ``ready`` and then reads
 the base URL from stdin, so the parent can start its clock after the imports.
 Offline: the model cost map is the local copy and tiktoken reads the encodings litellm
@@ -46,12 +52,12 @@ def prompt_text(i: int) -> str:
     return f"Request {i}: write one line about the sea."
 
 
-async def run(router: Any, n: int) -> dict[str, Any]:
+async def run(router: Any, n: int, offset: int = 0) -> dict[str, Any]:
     async def one(i: int) -> str:
         try:
             await router.acompletion(
                 model="sim-small",
-                messages=[{"role": "user", "content": prompt_text(i)}],
+                messages=[{"role": "user", "content": prompt_text(offset + i)}],
                 max_tokens=MAX_TOKENS,
             )
         except Exception as exc:  # one failed call must not sink the others
@@ -75,6 +81,9 @@ def main() -> None:
     parser.add_argument("--num-retries", type=int, default=NUM_RETRIES)
     parser.add_argument("--routing-strategy", default="simple-shuffle")
     parser.add_argument("--pre-call-checks", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--redis-host", default=None, help="share usage through this Redis")
+    parser.add_argument("--redis-port", type=int, default=None)
+    parser.add_argument("--offset", type=int, default=0, help="number of the first prompt")
     args = parser.parse_args()
 
     quiet_offline_env()
@@ -89,6 +98,9 @@ def main() -> None:
         print("ready", flush=True)
         base_url = sys.stdin.readline().strip()
 
+    shared: dict[str, Any] = {}
+    if args.redis_host is not None:
+        shared = {"redis_host": args.redis_host, "redis_port": args.redis_port}
     router = Router(
         model_list=[
             {
@@ -105,8 +117,9 @@ def main() -> None:
         num_retries=args.num_retries,
         enable_pre_call_checks=args.pre_call_checks,
         routing_strategy=args.routing_strategy,
+        **shared,
     )
-    result = asyncio.run(run(router, args.requests))
+    result = asyncio.run(run(router, args.requests, args.offset))
     sys.stdout.write(json.dumps(result) + "\n")
 
 
