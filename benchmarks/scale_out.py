@@ -270,7 +270,7 @@ def run_litellm_redis(args: argparse.Namespace) -> dict[str, Any] | None:
             outputs = [json.loads(job.communicate()[0].strip().splitlines()[-1]) for job in jobs]
             wall = time.monotonic() - start
             stats = server.stats()
-        keys = sorted(k.decode() for k in client.keys())  # the Router's shared usage counters
+        keys = sorted(k.decode() for k in client.scan_iter())  # the Router's usage counters
     finally:
         for job in jobs:
             if job.poll() is None:
