@@ -37,6 +37,7 @@ def local_ray() -> Iterator[None]:
     started = not ray.is_initialized()
     if started:
         ray.init(
+            address="local",  # a new instance, never a cluster another process left running
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,
