@@ -22,4 +22,4 @@ def test_private_modules_stay_private() -> None:
         for n in dir(surge)
         if not n.startswith("_") and type(getattr(surge, n)).__name__ == "module"
     }
-    assert public_modules <= {"testing", "cli", "sim", "rl", "jobs", "report", "providers"}
+    assert public_modules <= {"testing", "cli", "sim", "rl", "ray", "jobs", "report", "providers"}
