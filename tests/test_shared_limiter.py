@@ -3,7 +3,7 @@
 Each worker is a `surge.Limiter(shared=store, key=...)` running `surge.gather` in one
 VirtualTimeLoop; the store is the in-process ledger on the same clock, with a little
 latency so exchanges really are asynchronous. Redis and Ray backends run the same
-protocol (tests/test_shared_limiter_redis.py, tests/ray/).
+protocol (tests/test_shared_limiter_redis.py, tests/scale_out/).
 """
 
 from __future__ import annotations

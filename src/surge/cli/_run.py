@@ -68,7 +68,9 @@ def run(
         None, "--shared-key", help="Name of the shared limit (default: provider and base URL)."
     ),
     ray: bool = typer.Option(
-        False, "--ray", help="Send the requests from Ray workers (a local Ray unless --ray-address)."
+        False,
+        "--ray",
+        help="Send the requests from Ray workers (a local Ray unless --ray-address).",
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster for --ray: HOST:PORT, ray://HOST:10001 or auto."
