@@ -72,9 +72,8 @@ def prompts(n: int) -> list[dict[str, Any]]:
 
 
 def start_cluster(workers: int) -> Any:
-    from ray.cluster_utils import Cluster
-
     import ray
+    from ray.cluster_utils import Cluster
 
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
@@ -88,6 +87,7 @@ def start_cluster(workers: int) -> Any:
 
 def run_surge_ray(args: argparse.Namespace) -> dict[str, Any]:
     import ray
+
     import surge.ray
 
     with surge.sim.serve_in_thread(rpm=args.rpm, burst_seconds=args.burst, seed=1) as server:
@@ -105,9 +105,8 @@ def run_surge_ray(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_ray_llm(args: argparse.Namespace, qps: float, name: str) -> dict[str, Any]:
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
-
     import ray
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
     with surge.sim.serve_in_thread(rpm=args.rpm, burst_seconds=args.burst, seed=1) as server:
         config = HttpRequestProcessorConfig(

@@ -186,6 +186,7 @@ class Processor:
         previous run wrote), rows already answered there are left out: nothing paid for
         is asked again."""
         import ray
+
         from surge.ray._actor_limiter import ledger_actor
 
         if not ray.is_initialized():
