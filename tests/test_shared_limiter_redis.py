@@ -23,6 +23,7 @@ import surge.sim
 from surge._feedback import RateLimitHints
 from surge._shared import RedisStore
 from surge._shared._ledger import exchange, new_state
+from surge.testing import redis_server
 
 pytest.importorskip("redis", reason="the redis client is not installed: pip install redis")
 if shutil.which("redis-server") is None:
@@ -32,34 +33,32 @@ if shutil.which("redis-server") is None:
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("redis")
-    socket = folder / "redis.sock"
-    server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            "0",
-            "--unixsocket",
-            str(socket),
-            "--save",
-            "",
-            "--dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not socket.exists():
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("redis-server did not start")
-            time.sleep(0.02)
-        yield f"unix://{socket}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+def test_redis_server_answers_in_the_block_and_is_gone_after(tcp: bool) -> None:
+    import redis
+
+    with redis_server(tcp=tcp) as url:
+        assert url.startswith("redis://127.0.0.1:" if tcp else "unix://")
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        assert client.ping() is True
+        client.close()
+
+        async def one_call() -> None:  # surge's shared limiter takes this URL form
+            limiter = surge.Limiter(rpm=600, shared=url, key="redis-server-helper")
+            limiter.release(await limiter.acquire())
+
+        asyncio.run(one_call())
+    if not tcp:
+        assert not Path(url.removeprefix("unix://")).parent.exists()
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+    client.close()
 
 
 def max_in_window(times: list[float], window: float) -> int:
