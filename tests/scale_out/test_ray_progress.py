@@ -75,10 +75,15 @@ def test_processor_workers_counts_add_up_to_the_rows_in_one_line(
             raise ValueError("a bad row")
         return {"messages": [{"role": "user", "content": f"Q{row['n']}"}], "max_tokens": 20}
 
+    def postprocess(row: dict[str, Any]) -> dict[str, Any]:
+        if row["n"] % 30 == 11:  # answered and paid for, then failed here: not "done"
+            raise KeyError("choices")
+        return {"answered": True}
+
     with surge.sim.serve_in_thread(rpm=6000) as server:
         processor = surge.ray.Processor(
             base_url=server.url, model="sim-small", workers=2, concurrency_per_worker=8,
-            batch_size=10, num_cpus=0.25, preprocess=preprocess, progress=True,
+            batch_size=10, num_cpus=0.25, preprocess=preprocess, postprocess=postprocess, progress=True,
             key=f"progress-{server.url}",
         )  # fmt: skip
         ds = ray.data.from_items([{"n": i} for i in range(rows)], override_num_blocks=3)
@@ -89,10 +94,13 @@ def test_processor_workers_counts_add_up_to_the_rows_in_one_line(
         stats = server.stats()
     counts = watcher.counts
     assert len(out) == rows
-    assert counts.done == sum(r["error"] is None for r in out) == rows - 3
-    assert counts.failed == 3
-    assert counts.tokens == sum(
-        r["usage"]["input_tokens"] + r["usage"]["output_tokens"] for r in out if r["error"] is None
+    assert counts.done == sum(r["error"] is None for r in out) == rows - 6
+    assert counts.failed == 6
+    assert sum(str(r["error"]).startswith("postprocess_error: KeyError") for r in out) == 3
+    assert counts.tokens == sum(  # tokens paid for, postprocess error or not
+        r["usage"]["input_tokens"] + r["usage"]["output_tokens"]
+        for r in out
+        if r["usage"]["input_tokens"] is not None
     )
     assert counts.tokens > 0
     assert counts.rate_limited == stats["by_status"].get("429", 0)

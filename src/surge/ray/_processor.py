@@ -435,7 +435,6 @@ class _Worker:
             else:
                 reason = result.failure.reason if result.failure is not None else result.status
                 errors[i] = f"{reason}: {self._scrub(str(result.error))}"
-        self._report(errors, usages, limiter)
         texts = [_reply_text(body)[0] for body in responses]
         added = {
             "response": pa.array(
@@ -457,9 +456,12 @@ class _Worker:
             if name in table.column_names:
                 table = table.drop_columns([name])
             table = table.append_column(name, column)
-        if self.spec.postprocess is None:
-            return table
-        return pa.Table.from_pylist(self._postprocess(table.to_pylist(), responses))
+        if self.spec.postprocess is not None:
+            finished = self._postprocess(table.to_pylist(), responses)
+            errors = [row.get("error") for row in finished]  # postprocess may add one
+            table = pa.Table.from_pylist(finished)
+        self._report(errors, usages, limiter)
+        return table
 
     def _report(
         self, errors: list[str | None], usages: list[dict[str, int | None]], limiter: Any
