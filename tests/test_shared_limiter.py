@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
@@ -22,62 +22,26 @@ from surge._shared import LeaseClient, MemoryStore
 from surge._shared._ledger import exchange, new_state
 from surge.testing import run
 
-
-def max_in_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window - 1e-9:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
+if TYPE_CHECKING:  # a fixture's type; `pytest` alone does not put the root on sys.path
+    from tests.conftest import Fleet
 
 
-async def worker(
-    store: Any, items: int, admitted: list[float], *, rpm: float, latency: float = 0.3, **kw: Any
-) -> surge.Limiter:
-    limiter = surge.Limiter(rpm=rpm, shared=store, key="prod", **kw)
-    loop = asyncio.get_running_loop()
-
-    async def call(i: int) -> int:
-        admitted.append(loop.time())
-        await asyncio.sleep(latency)
-        return i
-
-    results = await surge.gather(call, range(items), limiter=limiter)
-    assert all(r.ok for r in results)
-    return limiter
-
-
-def test_three_workers_share_one_rate_to_within_a_few_percent() -> None:
-    admitted: list[float] = []
-    limiters: list[surge.Limiter] = []
-
-    async def main() -> float:
-        store = MemoryStore(latency=0.002)
-        start = asyncio.get_running_loop().time()
-        limiters.extend(
-            await asyncio.gather(*(worker(store, 400, admitted, rpm=3000) for _ in range(3)))
-        )
-        return max(admitted) - start
-
-    span = run(main())
+def test_three_workers_share_one_rate_to_within_a_few_percent(fleet: Fleet) -> None:
+    span = run(fleet.share(MemoryStore(latency=0.002), 3, 400, rpm=3000))
     rate, burst = 50.0, 50.0  # 3,000 rpm; burst 1 s of rate
-    assert len(admitted) == 1200
+    assert len(fleet.admitted) == 1200 and len(fleet.limiters) == 3
     physical = (1200 - burst) / rate
     assert span >= physical - 0.5
     assert span <= physical * 1.03, f"{span:.1f} s for a physical limit of {physical:.1f} s"
     for window in (1.0, 5.0, 20.0):
-        assert max_in_window(admitted, window) <= burst + rate * window + 1
+        assert fleet.max_in_window(window) <= burst + rate * window + 1
     # Off the per-request path: each exchange leases several calls at once.
-    exchanges = sum(lim._shared.exchanges for lim in limiters if lim._shared)
+    exchanges = sum(lim._shared.exchanges for lim in fleet.limiters if lim._shared)
     assert exchanges < 1200 / 2, exchanges
-    assert all(lim.statistics().granted == 400 for lim in limiters)
+    assert all(lim.statistics().granted == 400 for lim in fleet.limiters)
 
 
-def test_a_worker_that_dies_holding_leases_leaks_them_for_one_ttl_only() -> None:
-    admitted: list[float] = []
-
+def test_a_worker_that_dies_holding_leases_leaks_them_for_one_ttl_only(fleet: Fleet) -> None:
     async def main() -> tuple[float, int]:
         loop = asyncio.get_running_loop()
         store = MemoryStore()
@@ -88,14 +52,14 @@ def test_a_worker_that_dies_holding_leases_leaks_them_for_one_ttl_only() -> None
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         held_by_dead = dead.held("requests", loop.time())
-        await worker(store, 300, admitted, rpm=600, burst=10.0)
+        await fleet.worker(store, 300, rpm=600, burst=10.0)
         leases = store.state("prod")["leases"].values()
         return held_by_dead, sum(lease["c"] == dead.client_id for lease in leases)
 
     held_by_dead, dead_leases_left = run(main())
     assert held_by_dead == 50  # it really held half the burst
-    assert len(admitted) == 300
-    span = max(admitted) - min(admitted)
+    assert len(fleet.admitted) == 300
+    span = max(fleet.admitted) - min(fleet.admitted)
     # 300 calls with a 100-call burst at 10/s: 20 s, and the dead worker's 50 cost 5 s
     # (as if it had sent them); its lease no longer counts against the burst after 3 s.
     assert span <= (300 - 100 + held_by_dead) / 10.0 + 0.5
@@ -168,7 +132,9 @@ def test_a_limit_learned_from_headers_reaches_a_worker_started_later() -> None:
     assert stats.buckets[0].rate_per_minute == pytest.approx(1200)
 
 
-def test_a_store_that_stops_answering_holds_calls_back_and_they_go_when_it_returns() -> None:
+def test_a_store_that_stops_answering_holds_calls_back_and_they_go_when_it_returns(
+    fleet: Fleet,
+) -> None:
     class Flaky(MemoryStore):
         down = False
 
@@ -177,18 +143,16 @@ def test_a_store_that_stops_answering_holds_calls_back_and_they_go_when_it_retur
                 raise ConnectionError("store down")
             return await super().exchange(key, request)
 
-    admitted: list[float] = []
-
     async def main() -> None:
         loop = asyncio.get_running_loop()
         store = Flaky()
         store.down = True
         loop.call_later(2.0, lambda: setattr(store, "down", False))
-        await worker(store, 50, admitted, rpm=600)
+        await fleet.worker(store, 50, rpm=600)
 
     run(main())
-    assert len(admitted) == 50
-    assert min(admitted) >= 2.0  # nothing went out without a lease
+    assert len(fleet.admitted) == 50
+    assert min(fleet.admitted) >= 2.0  # nothing went out without a lease
 
 
 def test_shared_needs_a_key_and_a_known_store() -> None:

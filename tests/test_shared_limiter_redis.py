@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -24,6 +24,9 @@ from surge._feedback import RateLimitHints
 from surge._shared import RedisStore
 from surge._shared._ledger import exchange, new_state
 from surge.testing import redis_server
+
+if TYPE_CHECKING:  # a fixture's type; `pytest` alone does not put the root on sys.path
+    from tests.conftest import Fleet
 
 pytest.importorskip("redis", reason="the redis client is not installed: pip install redis")
 if shutil.which("redis-server") is None:
@@ -61,45 +64,18 @@ def test_redis_server_answers_in_the_block_and_is_gone_after(tcp: bool) -> None:
     client.close()
 
 
-def max_in_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window - 1e-9:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
-def test_two_workers_on_redis_share_one_rate(redis_url: str) -> None:
-    admitted: list[float] = []
-
-    async def worker(items: int) -> surge.Limiter:
-        limiter = surge.Limiter(rpm=6000, shared=redis_url, key="redis-two-workers")
-
-        async def call(i: int) -> int:
-            admitted.append(time.monotonic())
-            await asyncio.sleep(0.05)
-            return i
-
-        results = await surge.gather(call, range(items), limiter=limiter)
-        assert all(r.ok for r in results)
-        return limiter
-
-    async def main() -> list[surge.Limiter]:
-        return list(await asyncio.gather(worker(150), worker(150)))
-
-    start = time.monotonic()
-    limiters = asyncio.run(main())
+def test_two_workers_on_redis_share_one_rate(redis_url: str, fleet: Fleet) -> None:
+    span = asyncio.run(
+        fleet.share(redis_url, 2, 150, rpm=6000, key="redis-two-workers", latency=0.05)
+    )
     rate, burst = 100.0, 100.0
-    assert len(admitted) == 300
-    span = max(admitted) - start
+    assert len(fleet.admitted) == 300 and len(fleet.limiters) == 2
     physical = (300 - burst) / rate
     assert span >= physical * 0.97
     assert span <= physical * 1.25 + 0.3  # real time on a loaded machine
     for window in (0.5, 1.0):
-        assert max_in_window(admitted, window) <= burst + rate * window + 2
-    assert all(lim._shared is not None and lim._shared.exchanges < 150 for lim in limiters)
+        assert fleet.max_in_window(window) <= burst + rate * window + 2
+    assert all(lim._shared is not None and lim._shared.exchanges < 150 for lim in fleet.limiters)
 
 
 def test_a_retry_after_on_one_process_reaches_the_other_through_redis(redis_url: str) -> None:
