@@ -176,10 +176,29 @@ def test_a_worker_killed_mid_run_loses_no_row_and_duplicates_none(
     assert rows <= stats["by_status"]["200"] <= rows + 4 * 4 * 16
 
 
+def wait_until_every_cpu_is_free(seconds: float = 60.0) -> None:
+    """The README's workers take a whole CPU each (Ray Data's default): an earlier test's
+    actor still being torn down on each node (a fraction of its CPU) would leave them
+    unschedulable, and the Dataset would wait for them without end."""
+    import time
+
+    total = ray.cluster_resources().get("CPU", 0)
+    deadline = time.monotonic() + seconds
+    while ray.available_resources().get("CPU", 0) < total:
+        if time.monotonic() > deadline:
+            from ray.util.state import list_actors
+
+            alive = list_actors(filters=[("state", "=", "ALIVE")])
+            pytest.fail(f"CPUs still held after {seconds:.0f} s by {alive}")
+        time.sleep(0.2)
+
+
 def test_the_readme_example_runs_as_written(
     cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import re
+
+    wait_until_every_cpu_is_free()
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Scale out\n") :]
