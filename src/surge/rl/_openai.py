@@ -38,6 +38,7 @@ import torch
 import surge
 from surge.rl._engines import OnError, OnResult, stop_worker
 from surge.rl._errors import TrainerStopped
+from surge.rl._publisher import Job, Publisher
 from surge.rl._rollout import Rollout, _mix
 from surge.rl._task import Task
 from surge.rl._weights import WeightLayout, WeightSyncStats
@@ -117,7 +118,6 @@ class OpenAIEngine:
         self._concurrency, self._timeout, self._transport = concurrency, timeout, transport
         self._version = -1  # confirmed: the server serves it
         self._lock = threading.Condition()
-        self._latest: tuple[list[torch.Tensor], int] | None = None  # published, not pushed
         self._layout: WeightLayout | None = None
         self._closing = False
         self._busy = 0.0
@@ -128,8 +128,13 @@ class OpenAIEngine:
         self._requests: queue.Queue[tuple[list[int], int] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="surge-rl-openai", daemon=True)
         self._thread.start()
-        self._publisher = threading.Thread(
-            target=self._publish_loop, name="surge-rl-openai-publisher", daemon=True
+        self._publisher = Publisher(
+            self._lock,
+            name="surge-rl-openai-publisher",
+            push=self._timed_push,
+            on_error=self._on_error,
+            stopping=lambda: self._closing,
+            drain_on_close=True,  # close() promises the newest weights reach the server
         )
         self._publisher.start()
 
@@ -230,33 +235,21 @@ class OpenAIEngine:
             self._layout = WeightLayout.of(state)
         buffers = self._layout.pack(state, device="cpu")
         with self._lock:
-            newest = self._latest[1] if self._latest else self._version
-            if version <= newest:
-                raise ValueError(f"weights version must increase: have {newest}, got {version}")
-            self._latest = (buffers, version)
+            self._publisher.put((buffers, version), confirmed=self._version)
             self._publishes += 1
             self._publish_s += time.perf_counter() - start
-            self._lock.notify_all()
 
-    def _publish_loop(self) -> None:
-        while True:
-            with self._lock:
-                self._lock.wait_for(lambda: self._latest is not None or self._closing)
-                if self._latest is None:
-                    return
-                (buffers, version), self._latest = self._latest, None
-            assert self._layout is not None
-            start = time.perf_counter()
-            try:
-                self._push(self._layout.views(buffers), version)
-            except BaseException as exc:
-                self._on_error(exc)
-                return
-            with self._lock:
-                self._version = version
-                self._pushes += 1
-                self._push_s += time.perf_counter() - start
-                self._lock.notify_all()
+    def _timed_push(self, job: Job | None) -> None:
+        """On the publisher thread: have the server load the job's weights."""
+        assert job is not None and self._layout is not None
+        buffers, version = job
+        start = time.perf_counter()
+        self._push(self._layout.views(buffers), version)
+        with self._lock:
+            self._version = version
+            self._pushes += 1
+            self._push_s += time.perf_counter() - start
+            self._lock.notify_all()
 
     def busy_seconds(self) -> float:
         return self._busy

@@ -66,6 +66,7 @@ from surge.rl._groups import (
     nccl_group,
     sglang_group,
 )
+from surge.rl._publisher import Job, Publisher
 from surge.rl._rollout import Rollout, _mix
 from surge.rl._task import Task
 from surge.rl._weights import WeightLayout, WeightSyncStats
@@ -168,9 +169,7 @@ class _ServerEngine:
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
         self._cond = threading.Condition()
         self._confirmed = -1  # the version the server is known to serve
-        self._pushing = False
-        self._latest: tuple[list[torch.Tensor], int] | None = None  # newest, not yet pushed
-        self._pushed: tuple[list[torch.Tensor], int] | None = None  # newest pushed
+        self._pushed: Job | None = None  # newest pushed
         self._layout: WeightLayout | None = None
         self._names: dict[str, str] = {}
         self._resync = False
@@ -185,8 +184,15 @@ class _ServerEngine:
         self._requests: asyncio.Queue[tuple[list[int], int] | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_ready = threading.Event()
-        self._publisher = threading.Thread(
-            target=self._publish_loop, name="surge-rl-publisher", daemon=True
+        self._publisher = Publisher(
+            self._cond,
+            name="surge-rl-publisher",
+            push=self._push_or_recover,
+            on_error=self._fail,
+            stopping=lambda: self._closed,
+            drain_on_close=False,  # close() drops weights not yet pushed: the server is left
+            connect=lambda: self._retrying(self._connect, "connecting to the server"),
+            wake=lambda: self._resync,  # a server that went away comes back first
         )
         self._generator = threading.Thread(
             target=self._generate_loop, name="surge-rl-server", daemon=True
@@ -226,13 +232,9 @@ class _ServerEngine:
         first = next(iter(state.values()))
         buffers = self._layout.pack(state, device=self._buffer_device(first.device))
         with self._cond:
-            newest = self._latest[1] if self._latest else self._confirmed
-            if version <= newest:
-                raise ValueError(f"weights version must increase: have {newest}, got {version}")
-            self._latest = (buffers, version)
+            self._publisher.put((buffers, version), confirmed=self._confirmed)
             self._publishes += 1
             self._publish_s += time.perf_counter() - start
-            self._cond.notify_all()
 
     def submit(self, tickets: list[int], min_version: int) -> None:
         assert self._loop is not None and self._requests is not None
@@ -276,32 +278,14 @@ class _ServerEngine:
             self._cond.notify_all()
         self._on_error(exc)
 
-    def _publish_loop(self) -> None:
-        try:
-            self._retrying(self._connect, "connecting to the server")
-            while True:
-                with self._cond:
-                    while not self._closed and self._latest is None and not self._resync:
-                        self._cond.wait()
-                    if self._closed:
-                        return
-                    if self._resync:
-                        job, resync = self._pushed, True
-                    else:
-                        job, resync = self._latest, False
-                        self._latest = None
-                    self._pushing = True
-                if resync:
-                    self._recover(job)
-                elif job is not None:
-                    self._timed_push(job)
-                with self._cond:
-                    self._pushing = False
-                    self._cond.notify_all()
-        except BaseException as exc:
-            self._fail(exc)
+    def _push_or_recover(self, job: Job | None) -> None:
+        """The newest job, or None when the server must be resynced first."""
+        if job is None:
+            self._recover(self._pushed)  # only this thread writes _pushed
+        else:
+            self._timed_push(job)
 
-    def _timed_push(self, job: tuple[list[torch.Tensor], int]) -> None:
+    def _timed_push(self, job: Job) -> None:
         buffers, version = job
         assert self._layout is not None
         views = self._layout.views(buffers)
@@ -311,8 +295,7 @@ class _ServerEngine:
             self._push(tensors, version)
         except (_Unavailable, httpx.TransportError, GroupBroken):
             with self._cond:  # this version still has to reach the server
-                if self._latest is None:
-                    self._latest = job
+                self._publisher.requeue(job)
                 self._resync = True
             return
         with self._cond:
@@ -322,7 +305,7 @@ class _ServerEngine:
             self._push_s += time.perf_counter() - start
             self._cond.notify_all()
 
-    def _recover(self, job: tuple[list[torch.Tensor], int] | None) -> None:
+    def _recover(self, job: Job | None) -> None:
         """The server went away: wait for it, rebuild the group, push the newest weights."""
         self.reconnects += 1
         with self._cond:
@@ -391,7 +374,7 @@ class _ServerEngine:
         return (
             self._confirmed >= min_version
             and not self._resync
-            and (self.atomic_push or not self._pushing)
+            and (self.atomic_push or not self._publisher.pushing)
         )
 
     async def _await_version(self, min_version: int) -> int:
