@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 from typing import Any
 
@@ -98,37 +99,35 @@ def test_a_spent_quota_stops_the_run_and_is_never_retried() -> None:
     assert stream.statistics().retries == 0
 
 
-def test_a_brief_outage_mid_run_is_retried_not_stopped() -> None:
-    # The server refuses connections from t=5 s to t=8 s; before and after it answers.
+def run_through_outage(
+    *, until: float, items: int, max_retries: int
+) -> tuple[surge.Run[int], list[surge.Result[int]]]:
+    """Calls of 1 s, 10 at a time, to a server that refuses connections from t=5 s to `until`."""
+
     async def call(i: int) -> int:
-        now = asyncio.get_running_loop().time()
-        if 5.0 <= now < 8.0:
+        if 5.0 <= asyncio.get_running_loop().time() < until:
             raise ConnectionRefusedError(111, "Connection refused")
         await asyncio.sleep(1.0)
         return i
 
     async def main() -> tuple[surge.Run[int], list[surge.Result[int]]]:
-        stream = surge.as_completed(call, range(200), concurrency=10, max_retries=8, seed=1)
+        stream = surge.as_completed(
+            call, range(items), concurrency=10, max_retries=max_retries, seed=1
+        )
         return stream, [r async for r in stream]
 
-    stream, results = run(main())
+    return run(main())
+
+
+def test_a_brief_outage_mid_run_is_retried_not_stopped() -> None:
+    stream, results = run_through_outage(until=8.0, items=200, max_retries=8)
     assert stream.fault is None and stream.statistics().stopped is None
     assert all(r.ok for r in results)
     assert stream.statistics().retries >= 10  # the outage was met, and waited out
 
 
 def test_a_long_outage_mid_run_stops_the_run() -> None:
-    async def call(i: int) -> int:
-        if asyncio.get_running_loop().time() >= 5.0:
-            raise ConnectionRefusedError(111, "Connection refused")
-        await asyncio.sleep(1.0)
-        return i
-
-    async def main() -> tuple[surge.Run[int], list[surge.Result[int]]]:
-        stream = surge.as_completed(call, range(1000), concurrency=10, max_retries=20, seed=1)
-        return stream, [r async for r in stream]
-
-    stream, results = run(main())
+    stream, results = run_through_outage(until=math.inf, items=1000, max_retries=20)
     assert isinstance(stream.fault, surge.ConnectError)
     assert stream.statistics().stopped == "job_fault"
     assert sum(r.ok for r in results) == 50  # the five seconds before the outage
