@@ -236,3 +236,34 @@ def test_the_servers_burst_learned_by_one_worker_is_spent_by_all() -> None:
     run(main())
     assert len(admitted) == 90
     assert max(admitted) - min(admitted) < 1.0  # spent from the burst, not at 10/s
+
+
+def test_a_burst_revealed_while_an_exchange_is_out_is_still_learned() -> None:
+    # The header arrives while this worker's lease prefetch is on its way to the store:
+    # the store's reply (its config, older than the header) must not undo what was learned.
+    admitted: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        store = MemoryStore(latency=0.05)
+        seer = surge.Limiter(rpm=600, shared=store, key="prod")  # 1 s of burst: 10
+        permit = await seer.acquire()
+        assert seer._shared is not None
+        seer._shared._start()  # an exchange in flight, as a prefetch would be
+        await asyncio.sleep(0.01)  # its request is on the wire
+        hint = LimitHint(limit=600, remaining=99, reset=0.1)  # the server's burst is 100
+        seer.release(permit, hints=RateLimitHints(dimensions={"requests": hint}))
+        await asyncio.sleep(0.5)
+
+        async def call(i: int) -> int:
+            admitted.append(loop.time())
+            return i
+
+        others = [surge.Limiter(rpm=600, shared=store, key="prod") for _ in range(2)]
+        await asyncio.gather(*(surge.gather(call, range(40), limiter=o) for o in others))
+        for limiter in (seer, *others):
+            await limiter.aclose()
+
+    run(main())
+    assert len(admitted) == 80
+    assert max(admitted) - min(admitted) < 1.0  # spent from the learned burst, not at 10/s

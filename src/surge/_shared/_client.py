@@ -284,6 +284,7 @@ class LeaseClient:
         loop = self._loop
         sent_at = self._sent_at = loop.time()
         request = self._request()
+        basis = {name: (b.rate, b.capacity) for name, b in self._buckets.items()}
         needed = dict(self._need)  # what calls wait for, before the half-lease minimum
         self._corrections.clear()
         self._learned.clear()
@@ -296,6 +297,8 @@ class LeaseClient:
             # Keep what was to be said; say it again after a short backoff.
             for name, remaining in request["correct"].items():
                 self._corrections[name] = min(self._corrections.get(name, math.inf), remaining)
+            for name, remaining in request["learn"].items():
+                self._learned.setdefault(name, remaining)
             self._pause = max(self._pause, request["pause"])
             self._failures += 1
             backoff = min(_RETRY_MAX, _RETRY_FIRST * 2 ** (self._failures - 1))
@@ -326,6 +329,11 @@ class LeaseClient:
                 bucket = self._buckets.get(name)
                 if bucket is None:
                     continue
+            elif name in basis and (bucket.rate, bucket.capacity) != basis[name]:
+                # Headers changed it while this exchange was out: the store's config is
+                # older than ours. Keep ours; the next exchange pushes it (with the room
+                # the server revealed, which the store grants only with the new burst).
+                continue
             if rate > 0:
                 bucket.rate = rate
             bucket.capacity = max(1.0, cap)
@@ -356,6 +364,8 @@ class LeaseClient:
                 self._retry_at = now + self._lease_seconds / 2
         if self._corrections or self._learned or self._pause > 0:
             self._start()
+        else:
+            self.sync()
         self._wake()
 
     def _schedule_retry(self, when: float) -> None:
