@@ -114,6 +114,22 @@ def test_estimates_are_settled_against_real_usage() -> None:
     assert run(main()) == pytest.approx(0.0)
 
 
+def test_unused_max_tokens_stay_counted_on_the_tpm_bucket_as_openai_counts_them() -> None:
+    limiter = surge.Limiter(tpm=6000, burst=1.0)  # 100 tokens/s, capacity 100
+    estimate = {"tokens": 100, "input_tokens": 10, "output_tokens": 90}  # max_tokens=90
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        permit = await limiter.acquire(estimate)
+        # A 5-token reply: OpenAI still counted the 90 at admission, and keeps them.
+        limiter.release(permit, usage_tokens=13, input_tokens=8, output_tokens=5)
+        permit = await limiter.acquire(90)
+        return loop.time()
+
+    # Only the input estimate's error (10 - 8) is refunded: 90 - 2 must refill.
+    assert run(main()) == pytest.approx(0.88)
+
+
 def test_pause_holds_every_acquisition() -> None:
     limiter = surge.Limiter(concurrency=10)
 

@@ -106,6 +106,9 @@ class Permit:
     granted_at: float
     reserved: dict[str, float] = field(default_factory=dict)
     released: bool = False
+    # The output the estimate reserved (max_tokens): OpenAI's TPM counts it when it admits
+    # the request, however short the reply turns out (see `Limiter.release`).
+    output_ceiling: float = 0.0
 
 
 class _Aimd:
@@ -278,7 +281,7 @@ class Limiter:
         reserved = self._take(amounts, now)
         self._in_flight += 1
         self._granted += 1
-        return Permit(now, reserved)
+        return Permit(now, reserved, output_ceiling=_output_part(tokens))
 
     async def acquire(self, tokens: Estimate = 0) -> Permit:
         """Wait for a concurrency slot, then for rate; return the permit to `release`."""
@@ -293,7 +296,7 @@ class Limiter:
             self._release_slot()
             raise
         self._granted += 1
-        return Permit(loop.time(), reserved)
+        return Permit(loop.time(), reserved, output_ceiling=_output_part(tokens))
 
     def release(
         self,
@@ -309,7 +312,12 @@ class Limiter:
         """Hand the slot back and settle: refund or charge the difference between the
         reserved tokens and what the call really used (all of it if it failed before the
         provider counted anything), charge input/output token buckets with the real
-        usage, then learn from the provider's headers."""
+        usage, then learn from the provider's headers. On the all-tokens (OpenAI TPM)
+        bucket an answer keeps the estimate's `output_tokens` (its max_tokens) counted
+        even if the reply was shorter: OpenAI counts max_tokens when it admits a request
+        (its rate-limit guide; it documents no refund, and the simulator gives none), so
+        giving it back would send more than the key allows and cost 429s. Anthropic's
+        OTPM does settle to the real output: that is its own bucket."""
         if permit.released:
             return
         permit.released = True
@@ -320,6 +328,8 @@ class Limiter:
             reserved = permit.reserved.get(name, 0.0)
             if name == "tokens":
                 used = usage_tokens or 0.0
+                if output_tokens is not None:  # the unused max_tokens stay counted
+                    used += max(0.0, permit.output_ceiling - output_tokens)
             else:  # input_tokens / output_tokens
                 actual = input_tokens if name == "input_tokens" else output_tokens
                 if actual is not None:
@@ -625,6 +635,12 @@ class Limiter:
                 return
             self._rate_waiters.popleft()
             waiter.set_result(self._take(amounts, now))
+
+
+def _output_part(estimate: Estimate) -> float:
+    if type(estimate) in _NUMBERS or not isinstance(estimate, Mapping):
+        return 0.0
+    return float(estimate.get("output_tokens", 0.0))
 
 
 def total_tokens(estimate: Estimate) -> float:
