@@ -151,3 +151,24 @@ def test_surge_run_ray_has_one_progress_line_fed_by_the_job_not_the_workers(
     lines = log.getvalue().splitlines()
     assert lines and all(line.startswith("[surge] ") for line in lines), lines
     assert "30/30 finished" in lines[-1], lines
+
+
+def test_a_dead_ledger_actor_is_replaced_and_the_limiter_goes_on(local_ray: None) -> None:
+    # A Processor's ledger is owned by the driver that made it: when that job ends, the
+    # actor dies, and a new job that found it by name while it was dying must not wait
+    # on it for ever.
+    from surge.ray._actor_limiter import RayStore, ledger_actor
+
+    dying = ledger_actor()
+    ray.kill(dying, no_restart=True)
+
+    async def main() -> float:
+        limiter = surge.Limiter(rpm=600, shared=RayStore(dying), key="dead-ledger")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for _ in range(3):
+            limiter.release(await asyncio.wait_for(limiter.acquire(), timeout=30))
+        await limiter.aclose()
+        return loop.time() - start
+
+    assert asyncio.run(main()) < 30

@@ -53,7 +53,17 @@ class RayStore:
         self._actor = actor if actor is not None else ledger_actor()
 
     async def exchange(self, key: str, request: Message) -> Message:
-        reply: Message = await self._actor.exchange.remote(key, request)
+        import ray
+
+        try:
+            reply: Message = await self._actor.exchange.remote(key, request)
+        except ray.exceptions.ActorDiedError:
+            # The driver that owned it let go of it (a finished job, whose actor this
+            # run's lookup by name found still dying): name a live one, or make it. The
+            # client retries this exchange on it; the state starts afresh, and the
+            # provider's headers correct it.
+            self._actor = ledger_actor()
+            raise
         return reply
 
     def __reduce__(self) -> tuple[Any, ...]:
