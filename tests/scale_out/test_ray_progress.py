@@ -153,9 +153,31 @@ def test_surge_run_ray_has_one_progress_line_fed_by_the_job_not_the_workers(
     assert "30/30 finished" in lines[-1], lines
 
 
+def test_the_ledger_outlives_the_job_that_made_it(local_ray: None) -> None:
+    # A ledger owned by the job that made it died when that job let go of it, and the
+    # next Processor in the same driver could find it by name while it was dying, then
+    # hang (about 1 run in 5 after a failed Ray Data job). The cluster owns it now.
+    import gc
+    import time
+
+    from surge.ray._actor_limiter import ACTOR_NAME, NAMESPACE
+
+    with surge.sim.serve_in_thread() as server:
+        processor = surge.ray.Processor(
+            base_url=server.url, model="gpt-4o-mini", rpm=6000, workers=1, progress=False
+        )
+        rows = processor(ray.data.from_items([{"prompt": f"q{i}"} for i in range(4)])).take_all()
+        assert [row["error"] for row in rows] == [None] * 4
+    ledger = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+    del processor, rows
+    gc.collect()
+    for _ in range(10):  # the owner's release of an actor is asynchronous: give it time
+        time.sleep(0.2)
+        assert ray.get(ledger.state.remote("none"), timeout=10) is not None
+
+
 def test_a_dead_ledger_actor_is_replaced_and_the_limiter_goes_on(local_ray: None) -> None:
-    # A Processor's ledger is owned by the driver that made it: when that job ends, the
-    # actor dies, and a new job that found it by name while it was dying must not wait
+    # Someone killed the ledger (`ray.kill`, or its node died): the workers must not wait
     # on it for ever.
     from surge.ray._actor_limiter import RayStore, ledger_actor
 
@@ -172,3 +194,30 @@ def test_a_dead_ledger_actor_is_replaced_and_the_limiter_goes_on(local_ray: None
         return loop.time() - start
 
     assert asyncio.run(main()) < 30
+
+
+class _SilentLedger:
+    def exchange(self, key: str, request: Any) -> Any:
+        import time
+
+        time.sleep(3600)
+
+
+def test_a_ledger_that_does_not_answer_is_looked_up_again(
+    local_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from surge.ray import _actor_limiter
+
+    monkeypatch.setattr(_actor_limiter, "REPLY_TIMEOUT", 0.5)
+    silent = ray.remote(num_cpus=0)(_SilentLedger).remote()
+
+    async def main() -> None:
+        store = _actor_limiter.RayStore(silent)
+        limiter = surge.Limiter(rpm=600, shared=store, key="silent-ledger")
+        for _ in range(3):
+            limiter.release(await asyncio.wait_for(limiter.acquire(), timeout=30))
+        await limiter.aclose()
+        assert store._actor != silent  # the cluster's ledger, by name
+
+    asyncio.run(main())
+    ray.kill(silent)

@@ -1,13 +1,17 @@
 """The shared budget on Ray: the ledger in one named actor per cluster.
 
 An actor runs one method at a time, so `exchange` is atomic without locks. Workers reach
-it by name (`surge-limiter` in the `surge` namespace); the process that creates it owns
-it, so `surge.ray.Processor` creates it on the driver before any worker starts, and a
-worker that dies takes nothing with it but its leases, which expire.
+it by name (`surge-limiter` in the `surge` namespace). It is detached: the cluster owns
+it, not the job that happened to create it, so it outlives every job. An actor owned by
+a job dies when that job lets go of it, and another job that found it by name while it
+was dying (a second Processor in the same driver, or a pipeline started while one
+ends) was left with a ledger that no longer answered. It holds no CPU, and a worker
+that dies takes nothing with it but its leases, which expire.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -15,6 +19,9 @@ from surge._shared._ledger import Message, State, exchange, new_state
 
 ACTOR_NAME = "surge-limiter"
 NAMESPACE = "surge"
+# An exchange takes milliseconds; one not answered in this long is retried on the
+# actor the name now points to, so no worker waits for ever on a reply that will not come.
+REPLY_TIMEOUT = 10.0
 
 
 class LedgerActor:
@@ -31,7 +38,7 @@ class LedgerActor:
 
 
 def ledger_actor() -> Any:
-    """The cluster's ledger actor, created here if no process has yet."""
+    """The cluster's ledger actor, created here (detached) if no job has yet."""
     import ray
 
     if not ray.is_initialized():
@@ -42,7 +49,7 @@ def ledger_actor() -> Any:
         )
     remote = ray.remote(num_cpus=0, max_restarts=-1)(LedgerActor)
     return remote.options(
-        name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime=None
+        name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached"
     ).remote()
 
 
@@ -56,12 +63,14 @@ class RayStore:
         import ray
 
         try:
-            reply: Message = await self._actor.exchange.remote(key, request)
-        except ray.exceptions.ActorDiedError:
-            # The driver that owned it let go of it (a finished job, whose actor this
-            # run's lookup by name found still dying): name a live one, or make it. The
-            # client retries this exchange on it; the state starts afresh, and the
-            # provider's headers correct it.
+            reply: Message = await asyncio.wait_for(
+                self._actor.exchange.remote(key, request), REPLY_TIMEOUT
+            )
+        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError,
+                asyncio.TimeoutError):  # fmt: skip
+            # Someone killed it, or it does not answer: look the name up again (making a
+            # new one if it is gone). The client retries this exchange there; a new
+            # ledger's state starts afresh, and the provider's headers correct it.
             self._actor = ledger_actor()
             raise
         return reply

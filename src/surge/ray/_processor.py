@@ -205,7 +205,7 @@ class Processor:
             preprocess=self.preprocess,
             postprocess=self.postprocess,
             key=self.key,
-            ledger=ledger_actor(),  # created here, so the driver owns it
+            ledger=ledger_actor(),  # found or made once here, not by every worker
             id_column=self.id_column,
             progress=progress_actor() if self.progress else None,
         )
