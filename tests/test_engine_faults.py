@@ -73,7 +73,7 @@ def test_gather_results_carry_the_fault() -> None:
 
 def test_stop_on_fault_is_validated() -> None:
     with pytest.raises(TypeError, match="HINT"):
-        surge.as_completed(asyncio.sleep, [1], stop_on_fault="yes")  # type: ignore[typeddict-item]
+        surge.as_completed(asyncio.sleep, [1], stop_on_fault="yes")  # type: ignore[arg-type]
 
 
 def test_a_spent_quota_stops_the_run_and_is_never_retried() -> None:
