@@ -3,7 +3,9 @@
 Every backend runs this same step atomically: the Ray actor calls it on its own state
 (an actor runs one method at a time), Redis runs a Lua transcription of it
 (`_redis.LEDGER_LUA`, tested against the same scenarios). State and messages are plain
-JSON-shaped dicts so the two stay line-for-line alike.
+JSON-shaped dicts so the two stay line-for-line alike. A change to their shapes below is
+a new protocol: bump `PROTOCOL`, which both stores put in their names, since a ledger
+outlives the surge that made it (Ray's is detached; Redis keeps state an hour).
 
 The model. Per dimension ("requests", "tokens", ...) a token bucket of `rate` per second
 and capacity `cap` (the burst), as the single-process limiter keeps
@@ -37,6 +39,8 @@ from typing import Any
 
 State = dict[str, Any]
 Message = dict[str, Any]
+
+PROTOCOL = 1
 
 # A queued client that has not come back this long after its turn loses its place.
 _QUEUE_GRACE = 0.5

@@ -12,7 +12,7 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-Message = dict[str, Any]
+from surge._shared._ledger import PROTOCOL, Message
 
 _STATE_TTL_SECONDS = 3600
 
@@ -235,7 +235,7 @@ class RedisStore:
     async def exchange(self, key: str, request: Message) -> Message:
         script = self._connect()
         raw = await script(
-            keys=[f"surge:limit:{key}"], args=[json.dumps(request), _STATE_TTL_SECONDS]
+            keys=[f"surge:limit:v{PROTOCOL}:{key}"], args=[json.dumps(request), _STATE_TTL_SECONDS]
         )
         reply: Message = json.loads(raw)
         if isinstance(reply.get("granted"), list):  # cjson writes an empty table as []

@@ -1,7 +1,7 @@
 """The shared budget on Ray: the ledger in one named actor per cluster.
 
 An actor runs one method at a time, so `exchange` is atomic without locks. Workers reach
-it by name (`surge-limiter` in the `surge` namespace). It is detached: the cluster owns
+it by name (`ACTOR_NAME` in the `surge` namespace). It is detached: the cluster owns
 it, not the job that happened to create it, so it outlives every job. An actor owned by
 a job dies when that job lets go of it, and another job that found it by name while it
 was dying (a second Processor in the same driver, or a pipeline started while one
@@ -15,9 +15,11 @@ import asyncio
 import time
 from typing import Any
 
-from surge._shared._ledger import Message, State, exchange, new_state
+from surge._shared._ledger import PROTOCOL, Message, State, exchange, new_state
 
-ACTOR_NAME = "surge-limiter"
+# The protocol's version is in the name: a detached ledger outlives the surge that made
+# it, and a job speaking another protocol must get its own.
+ACTOR_NAME = f"surge-limiter-v{PROTOCOL}"
 NAMESPACE = "surge"
 # An exchange takes milliseconds; one not answered in this long is retried on the
 # actor the name now points to, so no worker waits for ever on a reply that will not come.
