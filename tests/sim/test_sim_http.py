@@ -71,6 +71,30 @@ async def test_headers_on_success_describe_the_buckets() -> None:
         assert abs(burst - 2000) <= 2
 
 
+async def test_an_idle_connection_outlives_client_pools() -> None:
+    # uvicorn's default closed it after 5 s, while clients keep pooled connections 5-15 s:
+    # one reused as the server closed it failed as a reset no provider sent. Real time,
+    # one wait of 6 s: a server-side socket timer has no fake clock.
+    async with serve() as server:
+        host, port = server.url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = json.dumps(chat("hi")).encode()
+        request = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        with pytest.raises(asyncio.TimeoutError):  # nothing comes: no close, no EOF
+            await asyncio.wait_for(reader.read(1), timeout=6.0)
+        writer.write(request)  # and the same connection still serves
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
+
+
 async def test_429s_under_load_with_retry_after_and_nothing_consumed() -> None:
     async with serve(rpm=600, burst_seconds=1) as server, client(server.url) as http:
         results = await asyncio.gather(

@@ -23,6 +23,10 @@ Anthropic's ``not_found_error`` on ``/v1/messages``; the library default accepts
 Keys: ``Authorization: Bearer KEY`` or ``x-api-key: KEY``; none is the key
 ``anonymous``. With ``api_keys`` set, any other key gets 401.
 
+Connections: HTTP/1.1 keep-alive; an idle connection stays open 120 s, longer than
+client pools keep one (httpx 5 s, aiohttp 15 s), so no reused connection meets a close
+the simulator did not mean as a fault.
+
 Limits (per key, see ``SimConfig``): a request costs 1 request and
 ``request_cost(body)`` tokens. Every OpenAI-endpoint answer that got as far as the
 limiter carries ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``: limit per

@@ -54,6 +54,7 @@ _JSON = b"application/json"
 _SSE = b"text/event-stream; charset=utf-8"
 _ANONYMOUS = "anonymous"
 _SLOW_PIECES = 8
+_KEEP_ALIVE_SECONDS = 120
 
 _OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -995,6 +996,11 @@ async def serve(
         server_header=False,
         date_header=False,
         backlog=4096,
+        # uvicorn closes an idle connection after 5 s, sooner than client pools let one
+        # go (httpx: 5 s, aiohttp: 15 s): a pooled connection reused as the server
+        # closes it fails as a reset (LiteLLM then reports InternalServerError), a
+        # fault no provider injected. Idle connections outlive any client pool here.
+        timeout_keep_alive=_KEEP_ALIVE_SECONDS,
     )
     uv_config.load()
     server = uvicorn.Server(uv_config)
