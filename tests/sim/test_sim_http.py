@@ -76,11 +76,10 @@ async def test_an_idle_connection_outlives_client_pools() -> None:
     # one reused as the server closed it failed as a reset no provider sent. Real time,
     # one wait of 6 s: a server-side socket timer has no fake clock.
     async with serve() as server:
-        host, port = server.url.removeprefix("http://").split("/")[0].rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
+        reader, writer = await asyncio.open_connection(server.host, server.port)
         body = json.dumps(chat("hi")).encode()
         request = (
-            f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\n"
+            f"POST /v1/chat/completions HTTP/1.1\r\nhost: {server.host}\r\n"
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
         ).encode() + body
         writer.write(request)
