@@ -178,6 +178,24 @@ def test_headers_raise_the_burst_to_what_the_server_allows() -> None:
     assert elapsed == pytest.approx(0.0)
 
 
+def test_a_learned_burst_counts_the_requests_already_granted() -> None:
+    limiter = surge.Limiter(rpm=600)  # 1 s of burst until the server says more
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        first = await limiter.acquire()
+        for _ in range(5):
+            await limiter.acquire()
+        # Server: 99 left, full again in 0.1 s -> its burst is 100, of which the 5 granted
+        # after the first will take 5.
+        limiter.release(first, hints=hints(dimensions={"requests": hint(600, 99, 0.1)}))
+        for _ in range(95):
+            await limiter.acquire()
+        return loop.time()
+
+    assert run(main()) == pytest.approx(0.1)  # 94 at once, the 95th 1/10 s later
+
+
 def test_burst_ceiling_and_rate_ceiling_set_by_the_user_hold() -> None:
     limiter = surge.Limiter(rpm=300, max_burst=2.0)
 

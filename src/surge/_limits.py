@@ -38,12 +38,14 @@ _REQUEST_ONLY: Mapping[str, float] = {"tokens": 0.0, "input_tokens": 0.0, "outpu
 # short counts as no wait, so a timer never re-arms itself in a tight loop.
 _EPSILON = 1e-9
 _NUMBERS = (int, float)
+# What a grant took from each bucket, and each bucket's (`taken`, time) just after it.
+_Taken = tuple[dict[str, float], dict[str, tuple[float, float]]]
 
 
 class TokenBucket:
     """A weighted token bucket. Pure arithmetic on times passed in; it owns no timer."""
 
-    __slots__ = ("_level", "_updated", "capacity", "name", "rate")
+    __slots__ = ("_level", "_updated", "capacity", "name", "rate", "taken")
 
     def __init__(self, name: str, *, rate: float, capacity: float, now: float) -> None:
         if rate <= 0:
@@ -53,6 +55,7 @@ class TokenBucket:
         self.capacity = max(1.0, capacity)
         self._level = self.capacity
         self._updated = now
+        self.taken = 0.0  # net of all charges and refunds: marks what a permit came after
 
     def level(self, now: float) -> float:
         elapsed = now - self._updated
@@ -69,6 +72,7 @@ class TokenBucket:
     def give(self, amount: float, now: float) -> None:
         """Return (or, if negative, charge) tokens: settling an estimate against real usage."""
         self._level = min(self.capacity, self.level(now) + amount)
+        self.taken -= amount
         self._updated = now
 
     def set_level(self, level: float, now: float) -> None:
@@ -105,6 +109,9 @@ class Permit:
 
     granted_at: float
     reserved: dict[str, float] = field(default_factory=dict)
+    # Per bucket: (its `taken` just after this permit's share, the time it was taken), so
+    # the headers of this request's answer can be read against what was granted since.
+    marks: dict[str, tuple[float, float]] = field(default_factory=dict)
     released: bool = False
     # The output the estimate reserved (max_tokens): OpenAI's TPM counts it when it admits
     # the request, however short the reply turns out (see `Limiter.release`).
@@ -237,7 +244,7 @@ class Limiter:
         self._concurrency = concurrency
         self._in_flight = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
-        self._rate_waiters: deque[tuple[Estimate, asyncio.Future[dict[str, float]]]] = deque()
+        self._rate_waiters: deque[tuple[Estimate, asyncio.Future[_Taken]]] = deque()
         self._buckets: dict[str, TokenBucket] = {}
         self._burst_learned: set[str] = set()
         self._expected: dict[str, float] = {}  # moving average of input/output usage per call
@@ -278,10 +285,10 @@ class Limiter:
         delay, amounts = self._plan(tokens, now)
         if delay > 0.0:
             return None
-        reserved = self._take(amounts, now)
+        reserved, marks = self._take(amounts, now)
         self._in_flight += 1
         self._granted += 1
-        return Permit(now, reserved, output_ceiling=_output_part(tokens))
+        return Permit(now, reserved, marks, output_ceiling=_output_part(tokens))
 
     async def acquire(self, tokens: Estimate = 0) -> Permit:
         """Wait for a concurrency slot, then for rate; return the permit to `release`."""
@@ -291,12 +298,12 @@ class Limiter:
         loop = self._bind()
         await self._acquire_slot(loop)
         try:
-            reserved = await self._acquire_rate(loop, tokens)
+            reserved, marks = await self._acquire_rate(loop, tokens)
         except BaseException:
             self._release_slot()
             raise
         self._granted += 1
-        return Permit(loop.time(), reserved, output_ceiling=_output_part(tokens))
+        return Permit(loop.time(), reserved, marks, output_ceiling=_output_part(tokens))
 
     def release(
         self,
@@ -347,7 +354,7 @@ class Limiter:
         if self._aimd is not None:
             self._aimd.on_result(outcome, latency, permit.granted_at, now)
         if hints:
-            self.observe(hints)
+            self.observe(hints, permit)
         if outcome != "cancelled":
             self._probing = False
         self._release_slot()
@@ -380,7 +387,9 @@ class Limiter:
                 if waiter in self._first_answer_waiters:
                     self._first_answer_waiters.remove(waiter)
         if "requests" in self._buckets and "requests" not in permit.reserved:
-            permit.reserved.update(await self._acquire_rate(loop, _REQUEST_ONLY))
+            reserved, marks = await self._acquire_rate(loop, _REQUEST_ONLY)
+            permit.reserved.update(reserved)
+            permit.marks.update(marks)
         return loop.time() - start
 
     @property
@@ -389,11 +398,11 @@ class Limiter:
         provider has not said what it allows (see `admit_request`)."""
         return not self._answered and not self._buckets
 
-    def request_answered(self, hints: RateLimitHints | None) -> None:
-        """A wired HTTP client got an answer (any status): learn from its headers and let
-        the requests held back by `admit_request` go."""
+    def request_answered(self, hints: RateLimitHints | None, permit: Permit | None = None) -> None:
+        """A wired HTTP client got an answer (any status) to the request `permit` let go:
+        learn from its headers and let the requests held back by `admit_request` go."""
         if hints:
-            self.observe(hints)
+            self.observe(hints, permit)
         self._answered = True
         self._wake_first_answer_waiters()
 
@@ -426,11 +435,13 @@ class Limiter:
         self._paused_until = max(self._paused_until, self._now() + seconds)
         self._schedule()
 
-    def observe(self, hints: RateLimitHints) -> None:
+    def observe(self, hints: RateLimitHints, permit: Permit | None = None) -> None:
         """Keep the buckets in step with the server's own count (x-ratelimit-* headers).
 
         Down when the server has less room than we thought; up to the burst it says it
-        allows, never above a rate or burst ceiling the user set.
+        allows, never above a rate or burst ceiling the user set. `permit` is the one the
+        answered request went out on, when known: what was granted after it is then
+        taken off the server's count too (see `_room_left`).
         """
         if hints.retry_after is not None:
             self.pause(hints.retry_after)
@@ -460,7 +471,11 @@ class Limiter:
             # Headers lag: requests granted since the server wrote them are not in
             # `remaining` yet. So the level only ever follows them down, except once,
             # when the server first reveals its burst and the room we were not using.
-            if hint.remaining is not None and (learned_burst or hint.remaining < bucket.level(now)):
+            if hint.remaining is None:
+                continue
+            if learned_burst:
+                bucket.set_level(_room_left(bucket, hint.remaining, permit, now), now)
+            elif hint.remaining < bucket.level(now):
                 bucket.set_level(hint.remaining, now)
         if self._shared is not None:
             self._shared.sync()
@@ -560,22 +575,20 @@ class Limiter:
                 self._in_flight += 1
                 waiter.set_result(None)
 
-    async def _acquire_rate(
-        self, loop: asyncio.AbstractEventLoop, tokens: Estimate
-    ) -> dict[str, float]:
+    async def _acquire_rate(self, loop: asyncio.AbstractEventLoop, tokens: Estimate) -> _Taken:
         now = loop.time()
         if not self._rate_waiters:
             delay, amounts = self._plan(tokens, now)
             if delay == 0.0:
                 return self._take(amounts, now)
-        waiter: asyncio.Future[dict[str, float]] = loop.create_future()
+        waiter: asyncio.Future[_Taken] = loop.create_future()
         self._rate_waiters.append((tokens, waiter))
         self._schedule()
         try:
             return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._refund(waiter.result())
+                self._refund(waiter.result()[0])
             else:
                 self._rate_waiters = deque(w for w in self._rate_waiters if w[1] is not waiter)
                 self._schedule()
@@ -603,10 +616,13 @@ class Limiter:
                 amounts[name] = amount
         return (0.0 if delay <= _EPSILON else delay), amounts
 
-    def _take(self, amounts: dict[str, float], now: float) -> dict[str, float]:
+    def _take(self, amounts: dict[str, float], now: float) -> _Taken:
+        marks = {}
         for name, amount in amounts.items():
-            self._buckets[name].give(-amount, now)
-        return amounts
+            bucket = self._buckets[name]
+            bucket.give(-amount, now)
+            marks[name] = (bucket.taken, now)
+        return amounts, marks
 
     def _refund(self, reserved: dict[str, float]) -> None:
         now = self._now()
@@ -635,6 +651,28 @@ class Limiter:
                 return
             self._rate_waiters.popleft()
             waiter.set_result(self._take(amounts, now))
+
+
+def _room_left(bucket: TokenBucket, remaining: float, permit: Permit | None, now: float) -> float:
+    """The room the server has now, read off `remaining` in the headers of the answer to
+    the request that `permit` let go, when the server first reveals its burst.
+
+    The server wrote `remaining` when that request reached it; what this limiter granted
+    after it had mostly not arrived yet, so it is taken off, less what refilled since
+    the request was granted (capped at the burst: a full bucket wastes its refill).
+
+    Only used once per bucket: on every later answer, the grants since it include some
+    that reached the server before it (in `remaining` already) whenever requests sent
+    together arrive out of order, and taking them off again held a binding run ~3 %
+    below the limit (`benchmarks/rate_limit.py`). Later answers only pull the level down
+    to `remaining`, which costs a few 429s when requests reach the server late.
+    """
+    mark = permit.marks.get(bucket.name) if permit is not None else None
+    if mark is None:
+        return remaining
+    taken_then, granted_at = mark
+    refilled = min(bucket.capacity, remaining + (now - granted_at) * bucket.rate)
+    return min(remaining, refilled - (bucket.taken - taken_then))
 
 
 def _output_part(estimate: Estimate) -> float:

@@ -124,7 +124,7 @@ class _LimiterTransport:
             raise
         hints = parse_rate_limit_headers(response.headers)
         self._endpoint.learn(hints)
-        limiter.request_answered(hints)
+        limiter.request_answered(hints, scope.permit)
         return response
 
     async def aclose(self) -> None:

@@ -46,8 +46,9 @@ def write_batch(path: Path, n: int, *, poison: Iterable[int] = ()) -> Path:
 def real_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished job with retries, 429s and final failures; returns its OUTPUT path.
 
-    The simulator's RPM is below the client's so some requests meet a 429; faults add
-    5xx, resets and malformed bodies; two poisoned lines fail for good (bad_request).
+    The simulator's RPM and burst are below the client's, so the first wave (24 at once,
+    against a burst of 10) meets 429s; faults add 5xx, resets and malformed bodies; two
+    poisoned lines fail for good (bad_request).
     The API key is passed by environment variable and must never reach the report.
     """
     folder = tmp_path_factory.mktemp("real_job")
@@ -62,7 +63,7 @@ def real_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with surge.sim.serve_in_thread(
             profile="fast",
             rpm=3000,
-            burst_seconds=0.5,
+            burst_seconds=0.2,
             seed=11,
             faults=faults,
             latency=surge.sim.Latency(ttft=0.05, per_token=0.002, jitter=0.3),

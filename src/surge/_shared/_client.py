@@ -73,6 +73,7 @@ class LeasedBucket(TokenBucket):
 
     def give(self, amount: float, now: float) -> None:
         self._client.give(self.name, amount, now)
+        self.taken -= amount
 
     def set_level(self, level: float, now: float) -> None:
         # The provider says this much is left for the whole key: tell the store. The
