@@ -42,8 +42,9 @@ def test_the_examples_are_there() -> None:
 
 @pytest.fixture
 def simulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[surge.sim.SimServer]:
-    # Burst of 1 s at 1200 RPM: 20 at once, so unwired bursts of 50 would be refused.
-    with surge.sim.serve_in_thread(profile="fast", rpm=1200, burst_seconds=1.0) as server:
+    # 1200 RPM with a burst of 0.25 s: 5 at once, so unwired bursts of 20 or 50 would be
+    # refused (see tests/test_sdk_wire.py for why the burst is kept small).
+    with surge.sim.serve_in_thread(profile="fast", rpm=1200, burst_seconds=0.25) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-dummy")
         yield server
