@@ -109,8 +109,9 @@ class Permit:
 
     granted_at: float
     reserved: dict[str, float] = field(default_factory=dict)
-    # Per bucket: (its `taken` just after this permit's share, the time it was taken), so
-    # the headers of this request's answer can be read against what was granted since.
+    # Per bucket whose burst is not known yet: (its `taken` just after this permit's
+    # share, the time), so the answer that reveals the burst can be read against what
+    # was granted since (see `_room_left`).
     marks: dict[str, tuple[float, float]] = field(default_factory=dict)
     released: bool = False
     # The output the estimate reserved (max_tokens): OpenAI's TPM counts it when it admits
@@ -440,8 +441,8 @@ class Limiter:
 
         Down when the server has less room than we thought; up to the burst it says it
         allows, never above a rate or burst ceiling the user set. `permit` is the one the
-        answered request went out on, when known: what was granted after it is then
-        taken off the server's count too (see `_room_left`).
+        answered request went out on, when known: when its answer first reveals the
+        burst, what was granted after it is taken off the server's count too.
         """
         if hints.retry_after is not None:
             self.pause(hints.retry_after)
@@ -621,7 +622,8 @@ class Limiter:
         for name, amount in amounts.items():
             bucket = self._buckets[name]
             bucket.give(-amount, now)
-            marks[name] = (bucket.taken, now)
+            if name not in self._burst_learned:
+                marks[name] = (bucket.taken, now)
         return amounts, marks
 
     def _refund(self, reserved: dict[str, float]) -> None:
