@@ -40,7 +40,8 @@ async def against_sim(
 # Unwired, a run at concurrency 50 meets ~45 429s in 60 requests. Wired, a request that
 # reaches the in-process simulator late (a loaded machine stalls client or server) can
 # still meet one: its headers come back after the client spent the refill a full server
-# bucket lost meanwhile. A larger burst makes that likelier (at 1 s, 5 of 40 once in CI).
+# bucket lost meanwhile. A larger burst makes that likelier: at 1 s, the README's
+# script example (tests/test_readme.py) once met 5 in 40 requests in CI.
 TIGHT = {"rpm": 1200, "burst_seconds": 0.25}
 JITTER_429S = 2
 

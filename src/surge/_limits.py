@@ -622,7 +622,7 @@ class Limiter:
         for name, amount in amounts.items():
             bucket = self._buckets[name]
             bucket.give(-amount, now)
-            if name not in self._burst_learned:
+            if self._follow_headers and name not in self._burst_learned:
                 marks[name] = (bucket.taken, now)
         return amounts, marks
 
