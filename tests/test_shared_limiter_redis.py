@@ -83,15 +83,17 @@ def test_a_retry_after_on_one_process_reaches_the_other_through_redis(redis_url:
         first = surge.Limiter(rpm=6000, shared=redis_url, key="redis-pause")
         second = surge.Limiter(rpm=6000, shared=redis_url, key="redis-pause")
         permit = await first.acquire()
+        # Timed from the 429, not from the second's request: a stall of this process
+        # in between (a loaded machine) then cannot make the pause look short.
+        start = time.monotonic()
         first.release(permit, outcome="rate_limited", hints=RateLimitHints(retry_after=0.6))
         await asyncio.sleep(0.05)
-        start = time.monotonic()
         permit = await second.acquire()
         second.release(permit)
         return time.monotonic() - start
 
     waited = asyncio.run(main())
-    assert 0.4 <= waited <= 1.5
+    assert 0.55 <= waited <= 1.5
 
 
 def test_the_lua_ledger_agrees_with_the_python_one(redis_url: str) -> None:
