@@ -98,17 +98,21 @@ def test_a_shared_limiter_learns_through_the_wired_client_and_keeps_it_across_ru
     sys.version_info < (3, 11), reason="the timeout is held while waiting on 3.11+ only"
 )
 def test_waiting_for_the_limiter_does_not_count_against_the_attempt_timeout() -> None:
-    # The server takes 2 at once, then 20 a second: the 30th request waits ~1.4 s for
-    # its turn, well past timeout=0.5, yet none times out.
+    # The server takes 2 at once, then 10 a second: the 30th request waits ~2.8 s for
+    # its turn, well past timeout=1, yet none times out. (The timeout leaves room for a
+    # loaded machine's stall after the wait; a 429 such a stall may cause fails its item,
+    # as max_retries=0, but is not what this test is about.)
     def wired(url: str) -> Any:
         return surge.wire(openai.AsyncOpenAI(base_url=url, api_key="k"))
 
-    sim = {"rpm": 1200, "burst_seconds": 0.1}
+    sim = {"rpm": 600, "burst_seconds": 0.2}
     results, stats, _ = asyncio.run(
-        against_sim(wired, 30, sim, concurrency=30, timeout=0.5, max_retries=0)
+        against_sim(wired, 30, sim, concurrency=30, timeout=1.0, max_retries=0)
     )
-    assert all(r.ok for r in results), [repr(r.error) for r in results if not r.ok][:3]
-    assert stats["by_status"].get("429", 0) <= STALL_429S
+    timed_out = [r.index for r in results if isinstance(r.error, surge.AttemptTimeout)]
+    assert not timed_out
+    refused = stats["by_status"].get("429", 0)
+    assert [r.ok for r in results].count(False) == refused <= STALL_429S
 
 
 def test_sdk_retries_underneath_surge_are_reported_once_with_a_hint(
