@@ -9,7 +9,11 @@ next timer instead of waiting for it (the idea behind trio's autojumping MockClo
         elapsed = surge.testing.run(main())   # a 60 s scenario, in milliseconds
 
 Real I/O still works (sockets are polled without blocking before each jump), but work
-done in threads is invisible to it: a loop that only waits on a thread jumps ahead.
+done in threads is invisible to it: a loop that only waits on a thread jumps ahead. So
+are bytes still in the kernel: a loopback write not yet readable at the other end (seen
+3-18 ms late on a busy machine) does not hold the clock, so while a timer is pending the
+clock can run ahead of a socket, and a timeout can fire that wall time would not reach.
+Keep timeouts out of virtual-time tests that talk to a real socket.
 
 `redis_server()` starts a throwaway redis-server for tests and benchmarks of the shared
 limiter.
