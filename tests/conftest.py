@@ -10,15 +10,18 @@ import pytest
 
 import surge
 
-# A wired client against the simulator on wall time, at 1200 RPM with a burst of 0.1 s
-# (2 at once, then 20 a second), may meet this many 429s and no more. On a quiet machine
-# it meets none. A machine that stalls the process between the limiter's grant and the
-# server's count can cost a few: a full server bucket wastes the refill the client
-# counted meanwhile (tests/test_limits.py has the logic on a fake clock). Measured: 50
-# runs of the README's script example, the process stopped (SIGSTOP) for 0.1-1.9 s at
-# random every 0.1-0.4 s, met at most 1 each; CI met 3 once at a burst of 0.25 s and 5
-# at 1 s, where a stall costs more. Unwired the same runs meet 15-50 (surge retrying)
-# or 60-150 (the SDK's own retries), so the bound still tells wired from unwired.
+# The simulator's limits for wired-client tests on wall time: 1200 RPM with a burst of
+# 0.1 s, so 2 at once, then 20 a second; unwired bursts of 20 or 50 are refused.
+TIGHT = {"rpm": 1200, "burst_seconds": 0.1}
+# What a wired client may meet there, and no more. On a quiet machine it meets no 429.
+# A machine that stalls the process between the limiter's grant and the server's count
+# can cost a few: a full server bucket wastes the refill the client counted meanwhile
+# (the limiter's own accounting is checked exactly, on a fake clock, in
+# tests/test_limits.py). Measured: 50 runs of the README's script example, the process
+# stopped (SIGSTOP) for 0.1-1.9 s at random every 0.1-0.4 s, met at most 1 each; CI met
+# 3 once at a burst of 0.25 s and 5 at 1 s, where a stall costs more. Unwired the same
+# runs meet 15-50 (surge retrying) or 60-150 (the SDK's own retries), so the bound
+# still tells wired from unwired.
 STALL_429S = 4
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import STALL_429S
+from tests.conftest import STALL_429S, TIGHT
 
 import surge
 import surge.sim
@@ -43,9 +43,7 @@ def test_the_examples_are_there() -> None:
 
 @pytest.fixture
 def simulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[surge.sim.SimServer]:
-    # 1200 RPM with a burst of 0.1 s: 2 at once, so unwired bursts of 20 or 50 are
-    # refused (see STALL_429S in tests/conftest.py for what a wired client may meet).
-    with surge.sim.serve_in_thread(profile="fast", rpm=1200, burst_seconds=0.1) as server:
+    with surge.sim.serve_in_thread(profile="fast", **TIGHT) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-dummy")
         yield server

@@ -11,7 +11,7 @@ import anthropic
 import httpx
 import openai
 import pytest
-from tests.conftest import STALL_429S
+from tests.conftest import STALL_429S, TIGHT
 
 import surge
 import surge.sim
@@ -35,12 +35,6 @@ async def against_sim(
         results = surge.Results(sorted([r async for r in run], key=lambda r: r.index))
         await client.close()
         return results, server.stats(), run
-
-
-# 1200 RPM with a burst of 0.1 s: the server takes 2 at once, then 20 a second.
-# Unwired, a run at concurrency 50 meets ~45 429s in 60 requests; wired, none on a quiet
-# machine and at most STALL_429S on a stalled one (see tests/conftest.py).
-TIGHT = {"rpm": 1200, "burst_seconds": 0.1}
 
 
 def test_a_wired_client_keeps_a_run_with_no_rpm_under_the_servers_limit() -> None:
